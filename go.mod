@@ -1,0 +1,3 @@
+module github.com/farmdns/farmdns
+
+go 1.26.8
