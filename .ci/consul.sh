@@ -11,6 +11,13 @@ if [ -x "$bin" ] && "$bin" version >/dev/null 2>&1; then
   exit 0
 fi
 mkdir -p "$(dirname "$bin")"
+# One build at a time: parallel test runs wait for the first build instead of starting their own.
+exec 9>"$(dirname "$bin")/.lock"
+flock 9
+if [ -x "$bin" ] && "$bin" version >/dev/null 2>&1; then
+  echo "$bin"
+  exit 0
+fi
 work=$(mktemp -d)
 trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
 # The module zip is read-only in the module cache; build from a writable copy.
