@@ -1,6 +1,8 @@
 package zones
 
 import (
+	"strings"
+
 	"github.com/miekg/dns"
 )
 
@@ -80,7 +82,8 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 				Hdr:    dns.RR_Header{Name: name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: dname.Hdr.Ttl},
 				Target: target,
 			})
-			if !dns.IsSubDomain(z.Origin, dns.CanonicalName(target)) {
+			// The synthesised CNAME answers a CNAME question; else chase it.
+			if qtype == dns.TypeCNAME || !dns.IsSubDomain(z.Origin, dns.CanonicalName(target)) {
 				res.Outcome = Success
 				return res
 			}
@@ -98,6 +101,18 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 			res.Wildcard = false
 		}
 
+		if qtype == dns.TypeANY {
+			// RFC 8482 section 4.1: one RRset stands for all of them, which
+			// keeps ANY from being an amplifier.
+			if len(n.rrsets) == 0 {
+				res.Outcome = NoData
+				return res
+			}
+			res.Outcome = Success
+			res.Answer = appendOwned(res.Answer, n.rrsets[0].rrs, name, res.Wildcard)
+			res.Extra = z.addresses(res.Extra, n.rrsets[0].rrs, false)
+			return res
+		}
 		if rrs := n.get(qtype); rrs != nil {
 			res.Outcome = Success
 			res.Answer = appendOwned(res.Answer, rrs, name, res.Wildcard)
@@ -105,22 +120,34 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 			return res
 		}
 		cname := n.get(dns.TypeCNAME)
-		if cname == nil || qtype == dns.TypeCNAME {
+		// RRSIG and NSEC belong to the CNAME's own name (RFC 4035 section 2.5).
+		if cname == nil || qtype == dns.TypeCNAME || qtype == dns.TypeRRSIG || qtype == dns.TypeNSEC {
 			res.Outcome = NoData
 			return res
 		}
 		res.Answer = appendOwned(res.Answer, cname, name, res.Wildcard)
 		target := cname[0].(*dns.CNAME).Target
-		if !dns.IsSubDomain(z.Origin, dns.CanonicalName(target)) {
-			// The rest of the chain is another server's to answer.
+		if !dns.IsSubDomain(z.Origin, dns.CanonicalName(target)) || inChain(res.Answer, target) {
+			// The rest of the chain is another server's to answer, or the
+			// chain loops: the resolver will find the loop just the same.
 			res.Outcome = Success
 			return res
 		}
 		name = target
 	}
-	// A loop: answer with the chain so far, as the resolver will find out the same.
+	// A chain longer than maxChain: answer with what we have.
 	res.Outcome = Success
 	return res
+}
+
+// inChain reports whether name already owns a record of the chain.
+func inChain(chain []dns.RR, name string) bool {
+	for _, rr := range chain {
+		if strings.EqualFold(rr.Header().Name, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // find walks from the apex down towards lname. It returns the node of lname if it

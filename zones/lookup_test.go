@@ -125,8 +125,8 @@ func TestLookup(t *testing.T) {
 				t.Errorf("outcome %v, want %v", res.Outcome, tt.outcome)
 			}
 			if tt.qname == "loop1.example.org." {
-				if len(res.Answer) != maxChain {
-					t.Errorf("loop: %d records, want the chain cut at %d", len(res.Answer), maxChain)
+				if len(res.Answer) != 2 {
+					t.Errorf("loop: %d records, want the chain cut where it repeats", len(res.Answer))
 				}
 				return
 			}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"gopkg.in/yaml.v3"
+
+	"github.com/farmdns/farmdns/dnsserver"
+	"github.com/farmdns/farmdns/zones"
+)
+
+// Config is the server's YAML configuration. Unknown keys are errors, so a
+// typo never silently falls back to a default.
+type Config struct {
+	DNS   DNSConfig    `yaml:"dns"`
+	HTTP  HTTPConfig   `yaml:"http"`
+	Log   LogConfig    `yaml:"log"`
+	Zones []ZoneConfig `yaml:"zones"`
+
+	dir string // relative zone files are read from here
+}
+
+// DNSConfig is the `dns:` block.
+type DNSConfig struct {
+	Listen []string `yaml:"listen"`
+	// NSID defaults to the host name; "" turns it off.
+	NSID *string `yaml:"nsid"`
+	// Identity answers CHAOS hostname.bind and id.server; defaults to the NSID;
+	// "" refuses them.
+	Identity *string `yaml:"identity"`
+	// Version answers CHAOS version.bind; refused unless set.
+	Version           *string       `yaml:"version"`
+	MaxUDPSize        int           `yaml:"max_udp_size"`
+	TCPIdleTimeout    time.Duration `yaml:"tcp_idle_timeout"`
+	MaxTCPConnections int           `yaml:"max_tcp_connections"`
+	// TransferAllow lists addresses or prefixes allowed to AXFR over TCP.
+	TransferAllow []string `yaml:"transfer_allow"`
+}
+
+// HTTPConfig is the `http:` block.
+type HTTPConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// LogConfig is the `log:` block.
+type LogConfig struct {
+	Level string `yaml:"level"` // debug, info, warn, error
+}
+
+// ZoneConfig is one entry of `zones:`.
+type ZoneConfig struct {
+	Origin string `yaml:"origin"`
+	File   string `yaml:"file"`
+}
+
+// loadConfig reads and validates the config file; every problem found is
+// returned, each naming its key.
+func loadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := parseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	cfg.dir = filepath.Dir(path)
+	return cfg, nil
+}
+
+func parseConfig(b []byte) (*Config, error) {
+	cfg := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty file")
+		}
+		return nil, errors.New(strings.ReplaceAll(err.Error(), "yaml: unmarshal errors:\n  ", ""))
+	}
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) setDefaults() {
+	if len(c.DNS.Listen) == 0 {
+		c.DNS.Listen = []string{"127.0.0.1:5353"}
+	}
+	if c.DNS.NSID == nil {
+		host, _ := os.Hostname()
+		c.DNS.NSID = &host
+	}
+	if c.DNS.Identity == nil {
+		c.DNS.Identity = c.DNS.NSID
+	}
+	if c.DNS.MaxUDPSize == 0 {
+		c.DNS.MaxUDPSize = dnsserver.DefaultMaxUDPSize
+	}
+	if c.DNS.TCPIdleTimeout == 0 {
+		c.DNS.TCPIdleTimeout = 10 * time.Second
+	}
+	if c.DNS.MaxTCPConnections == 0 {
+		c.DNS.MaxTCPConnections = 1000
+	}
+	if c.HTTP.Listen == "" {
+		c.HTTP.Listen = "127.0.0.1:9153"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	for i, addr := range c.DNS.Listen {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(fmt.Sprintf("dns.listen[%d]", i), "%q is not host:port", addr)
+		}
+	}
+	if c.DNS.MaxUDPSize < dns.MinMsgSize || c.DNS.MaxUDPSize > dns.MaxMsgSize {
+		bad("dns.max_udp_size", "%d is not between 512 and 65535", c.DNS.MaxUDPSize)
+	}
+	if c.DNS.TCPIdleTimeout < 0 {
+		bad("dns.tcp_idle_timeout", "must be positive")
+	}
+	if c.DNS.MaxTCPConnections < 0 {
+		bad("dns.max_tcp_connections", "must be positive")
+	}
+	for i, s := range c.DNS.TransferAllow {
+		if _, err := parsePrefix(s); err != nil {
+			bad(fmt.Sprintf("dns.transfer_allow[%d]", i), "%v", err)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+		bad("http.listen", "%q is not host:port", c.HTTP.Listen)
+	}
+	if _, err := logLevel(c.Log.Level); err != nil {
+		bad("log.level", "%v", err)
+	}
+	if len(c.Zones) == 0 {
+		bad("zones", "no zones configured")
+	}
+	seen := map[string]bool{}
+	for i, z := range c.Zones {
+		key := fmt.Sprintf("zones[%d]", i)
+		origin := dns.CanonicalName(z.Origin)
+		switch {
+		case z.Origin == "":
+			bad(key+".origin", "missing")
+		case !validName(origin) || origin == ".":
+			bad(key+".origin", "%q is not a domain name", z.Origin)
+		case seen[origin]:
+			bad(key+".origin", "%s is configured twice", origin)
+		}
+		seen[origin] = true
+		if z.File == "" {
+			bad(key+".file", "missing")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validName(s string) bool {
+	_, ok := dns.IsDomainName(s)
+	return ok
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a prefix", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// zoneFile resolves a zone file name against the config file's directory.
+func (c *Config) zoneFile(z ZoneConfig) string {
+	if filepath.IsAbs(z.File) {
+		return z.File
+	}
+	return filepath.Join(c.dir, z.File)
+}
+
+// buildState loads every zone and builds the state to serve. It reports every
+// problem, not just the first, so one -check run shows them all.
+func buildState(c *Config) (*dnsserver.State, error) {
+	var errs []error
+	var zs []*zones.Zone
+	for _, zc := range c.Zones {
+		z, err := zones.Load(zc.Origin, c.zoneFile(zc))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		zs = append(zs, z)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	set, err := zones.NewSet(zs...)
+	if err != nil {
+		return nil, err
+	}
+	opts := dnsserver.Options{
+		NSID:       *c.DNS.NSID,
+		MaxUDPSize: uint16(c.DNS.MaxUDPSize),
+		Version:    c.DNS.Version,
+	}
+	if *c.DNS.Identity != "" {
+		opts.Identity = c.DNS.Identity
+	}
+	for _, s := range c.DNS.TransferAllow {
+		p, _ := parsePrefix(s) // validated
+		opts.TransferFrom = append(opts.TransferFrom, p)
+	}
+	return &dnsserver.State{Zones: set, Options: opts}, nil
+}

@@ -1,0 +1,176 @@
+package dnsserver
+
+import (
+	"encoding/hex"
+	"strings"
+
+	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/zones"
+)
+
+// answer is the core of the server: a parsed query in, the full response out
+// (before truncation). It never fails: every problem is an rcode.
+func answer(st *State, q *dns.Msg, req request) *dns.Msg {
+	r := reply(q)
+	opt, rcode := checkEDNS(q)
+	switch {
+	case q.Opcode != dns.OpcodeQuery:
+		return withRcode(r, dns.RcodeNotImplemented, opt, st)
+	case len(q.Question) != 1:
+		return withRcode(r, dns.RcodeFormatError, opt, st)
+	case rcode != dns.RcodeSuccess:
+		return withRcode(r, rcode, opt, st)
+	}
+	question := q.Question[0]
+	if question.Qtype == dns.TypeAXFR || question.Qtype == dns.TypeIXFR {
+		// Transfers reach here only when they are not allowed (see serve).
+		return withRcode(r, dns.RcodeRefused, opt, st)
+	}
+	switch question.Qclass {
+	case dns.ClassINET, dns.ClassANY:
+		// Class ANY asks for whatever class holds the name: here, only IN does.
+	case dns.ClassCHAOS:
+		return chaos(r, question, opt, st)
+	default:
+		return withRcode(r, dns.RcodeRefused, opt, st)
+	}
+
+	z := st.Zones.Find(strings.ToLower(question.Name))
+	if z == nil {
+		// Not our zone: an authoritative-only server refuses rather than
+		// pointing anywhere (RFC 1034 section 4.3.1 leaves it to us).
+		return withRcode(r, dns.RcodeRefused, opt, st)
+	}
+	res := z.Lookup(question.Name, question.Qtype)
+	r.Answer = res.Answer
+	r.Extra = res.Extra
+	switch res.Outcome {
+	case zones.Success:
+		r.Authoritative = true
+	case zones.NoData:
+		r.Authoritative = true
+		r.Ns = []dns.RR{z.NegativeSOA()}
+	case zones.NameError:
+		r.Authoritative = true
+		r.Rcode = dns.RcodeNameError
+		r.Ns = []dns.RR{z.NegativeSOA()}
+	case zones.Delegation:
+		// A referral is not an authoritative answer, unless a CNAME chain in
+		// our zone led to it: then the records we did answer are ours.
+		r.Authoritative = len(res.Answer) > 0
+		r.Ns = res.Ns
+	case zones.NameTooLong:
+		r.Authoritative = true
+		r.Rcode = dns.RcodeYXDomain
+	}
+	return withOPT(r, opt, st)
+}
+
+// reply starts a response to q: same ID, opcode and question, RD and CD
+// copied (RFC 1035 section 4.1.1, RFC 4035 section 3.1.6).
+func reply(q *dns.Msg) *dns.Msg {
+	r := new(dns.Msg)
+	r.Id = q.Id
+	r.Response = true
+	r.Opcode = q.Opcode
+	r.RecursionDesired = q.RecursionDesired
+	r.CheckingDisabled = q.CheckingDisabled
+	r.Question = q.Question
+	r.Compress = true
+	return r
+}
+
+func withRcode(r *dns.Msg, rcode int, opt *dns.OPT, st *State) *dns.Msg {
+	r.Rcode = rcode
+	return withOPT(r, opt, st)
+}
+
+// refuse answers a query with rcode and nothing else.
+func refuse(q *dns.Msg, rcode int) *dns.Msg {
+	opt, _ := checkEDNS(q)
+	r := reply(q)
+	r.Rcode = rcode
+	if opt != nil {
+		r.Extra = append(r.Extra, responseOPT(opt, nil, rcode))
+	}
+	return r
+}
+
+// checkEDNS returns the query's OPT record, and the rcode for a broken one:
+// FORMERR for more than one OPT or one not owned by the root (RFC 6891
+// section 6.1.1), BADVERS for a version we do not speak.
+func checkEDNS(q *dns.Msg) (*dns.OPT, int) {
+	var opt *dns.OPT
+	for _, rr := range q.Extra {
+		o, ok := rr.(*dns.OPT)
+		if !ok {
+			continue
+		}
+		if opt != nil || o.Hdr.Name != "." {
+			return opt, dns.RcodeFormatError
+		}
+		opt = o
+	}
+	if opt != nil && opt.Version() != 0 {
+		return opt, dns.RcodeBadVers
+	}
+	return opt, dns.RcodeSuccess
+}
+
+// withOPT adds our OPT record when the query had one: RFC 6891 section 7
+// forbids it otherwise.
+func withOPT(r *dns.Msg, opt *dns.OPT, st *State) *dns.Msg {
+	if opt != nil {
+		r.Extra = append(r.Extra, responseOPT(opt, &st.Options, r.Rcode))
+	} else if r.Rcode > 0xF {
+		// An extended rcode cannot be sent without OPT; this cannot happen as
+		// BADVERS comes only with an OPT, but never send a broken message.
+		r.Rcode = dns.RcodeServerFailure
+	}
+	return r
+}
+
+// responseOPT builds our OPT record for a query's. opts may be nil when only
+// the rcode matters.
+func responseOPT(q *dns.OPT, opts *Options, rcode int) *dns.OPT {
+	o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+	size := uint16(DefaultMaxUDPSize)
+	if opts != nil && opts.MaxUDPSize != 0 {
+		size = opts.MaxUDPSize
+	}
+	o.SetUDPSize(size)
+	o.SetExtendedRcode(uint16(rcode))
+	if q.Do() {
+		o.SetDo() // echoed (RFC 3225 section 3)
+	}
+	if opts != nil && opts.NSID != "" && rcode != dns.RcodeBadVers {
+		for _, e := range q.Option {
+			if e.Option() == dns.EDNS0NSID {
+				o.Option = append(o.Option, &dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: hex.EncodeToString([]byte(opts.NSID))})
+				break
+			}
+		}
+	}
+	return o
+}
+
+// chaos answers the CHAOS class names operators use to identify a server.
+func chaos(r *dns.Msg, q dns.Question, opt *dns.OPT, st *State) *dns.Msg {
+	var value *string
+	switch strings.ToLower(q.Name) {
+	case "hostname.bind.", "id.server.":
+		value = st.Options.Identity
+	case "version.bind.", "version.server.":
+		value = st.Options.Version
+	}
+	if value == nil || (q.Qtype != dns.TypeTXT && q.Qtype != dns.TypeANY) {
+		return withRcode(r, dns.RcodeRefused, opt, st)
+	}
+	// Not AA: these names are not in any zone we are authoritative for.
+	r.Answer = []dns.RR{&dns.TXT{
+		Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassCHAOS},
+		Txt: []string{*value},
+	}}
+	return withOPT(r, opt, st)
+}

@@ -1,0 +1,147 @@
+// Package dnsserver speaks the DNS wire protocol: it reads queries from UDP and
+// TCP, answers them from the zones, and applies EDNS, truncation and the other
+// transport rules of an authoritative server.
+package dnsserver
+
+import (
+	"encoding/binary"
+	"log/slog"
+	"net/netip"
+	"runtime/debug"
+	"sync/atomic"
+
+	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/zones"
+)
+
+// Options are the protocol settings of one configuration.
+type Options struct {
+	// NSID is returned to clients that ask for it (RFC 5001); empty: not returned.
+	NSID string
+	// Identity answers CHAOS TXT hostname.bind and id.server; nil: refused.
+	Identity *string
+	// Version answers CHAOS TXT version.bind and version.server; nil: refused.
+	Version *string
+	// MaxUDPSize caps the UDP payload size a client may ask for; it is also
+	// the size advertised in our OPT record. 1232 avoids IP fragmentation on
+	// every common path (DNS flag day 2020).
+	MaxUDPSize uint16
+	// TransferFrom lists the clients that may transfer zones (AXFR over TCP).
+	TransferFrom []netip.Prefix
+}
+
+// DefaultMaxUDPSize is the default of Options.MaxUDPSize.
+const DefaultMaxUDPSize = 1232
+
+// State is everything one configuration serves. It is immutable: a reload
+// builds a new State and swaps it in whole.
+type State struct {
+	Zones   *zones.Set
+	Options Options
+}
+
+// Handler answers DNS messages from the current State. It is safe for
+// concurrent use; the query path takes no locks.
+type Handler struct {
+	state atomic.Pointer[State]
+	log   *slog.Logger
+}
+
+// NewHandler returns a handler serving st.
+func NewHandler(st *State, log *slog.Logger) *Handler {
+	h := &Handler{log: log}
+	h.state.Store(st)
+	return h
+}
+
+// Swap makes st the state that new queries are answered from. Queries already
+// being answered finish with the state they started with.
+func (h *Handler) Swap(st *State) { h.state.Store(st) }
+
+// State returns the state being served.
+func (h *Handler) State() *State { return h.state.Load() }
+
+// writer sends responses back over the transport a query came in on.
+type writer interface {
+	// write sends one whole DNS message.
+	write(msg []byte) error
+}
+
+// request is one query as read off the wire.
+type request struct {
+	wire   []byte
+	tcp    bool
+	remote netip.Addr
+}
+
+// serve answers one query. buf is scratch space for the response.
+func (h *Handler) serve(w writer, buf []byte, req request) {
+	defer func() {
+		if v := recover(); v != nil {
+			// miekg/dns does not recover handler panics, and one bad query must
+			// not take the server down: answer SERVFAIL and keep going.
+			h.log.Error("panic answering a query", "panic", v, "stack", string(debug.Stack()))
+			if resp := headerOnly(buf, req.wire, dns.RcodeServerFailure); resp != nil {
+				w.write(resp)
+			}
+		}
+	}()
+	st := h.state.Load()
+	if len(req.wire) < headerLen || req.wire[2]&0x80 != 0 {
+		return // not a query: answering responses invites loops
+	}
+	m := new(dns.Msg)
+	if !wellFormed(req.wire) || m.Unpack(req.wire) != nil {
+		w.write(headerOnly(buf, req.wire, dns.RcodeFormatError))
+		return
+	}
+	if isTransfer(m) && req.tcp {
+		if z, rcode := h.transferZone(st, m, req); z != nil {
+			transfer(w, buf, m, z)
+			return
+		} else if rcode != dns.RcodeSuccess {
+			m = refuse(m, rcode)
+			if resp, err := m.PackBuffer(buf); err == nil {
+				w.write(resp)
+			}
+			return
+		}
+	}
+	resp := answer(st, m, req)
+	out, err := pack(resp, buf, limit(m, req.tcp, st.Options.MaxUDPSize))
+	if err != nil {
+		h.log.Error("packing a response", "qname", m.Question, "err", err)
+		out = headerOnly(buf, req.wire, dns.RcodeServerFailure)
+	}
+	w.write(out)
+}
+
+const headerLen = 12
+
+// headerOnly builds a response with no sections from the query's header: for
+// queries too broken to answer otherwise. It needs only the 12 header octets.
+func headerOnly(buf, query []byte, rcode int) []byte {
+	if len(query) < headerLen {
+		return nil
+	}
+	out := append(buf[:0], query[:headerLen]...)
+	// QR set, opcode and RD kept, everything else cleared.
+	out[2] = 0x80 | query[2]&0x79
+	out[3] = byte(rcode & 0xF)
+	binary.BigEndian.PutUint64(out[4:], 0)
+	return out
+}
+
+// limit returns the largest response the client can take.
+func limit(q *dns.Msg, tcp bool, maxUDP uint16) int {
+	if tcp {
+		return dns.MaxMsgSize
+	}
+	opt := q.IsEdns0()
+	if opt == nil {
+		return dns.MinMsgSize // RFC 1035: 512 octets without EDNS
+	}
+	// RFC 6891 section 6.2.5: sizes below 512 are treated as 512.
+	return int(max(dns.MinMsgSize, min(opt.UDPSize(), maxUDP)))
+}

@@ -1,0 +1,32 @@
+package dnsserver
+
+import (
+	"github.com/miekg/dns"
+)
+
+// pack packs r into buf so that it fits in limit octets. Additional records
+// are dropped first: they are optional, except the glue of a referral, whose
+// loss sets TC so the resolver asks again over TCP (RFC 9471). If the answer
+// or authority section does not fit either, both are emptied and TC is set:
+// a partial RRset must never be sent (RFC 2181 section 9).
+func pack(r *dns.Msg, buf []byte, limit int) ([]byte, error) {
+	out, err := r.PackBuffer(buf)
+	if err != nil || len(out) <= limit {
+		return out, err
+	}
+	opt := r.IsEdns0()
+	if len(r.Extra) > 0 && (opt == nil || len(r.Extra) > 1) {
+		referral := !r.Authoritative && len(r.Ns) > 0 && r.Ns[0].Header().Rrtype == dns.TypeNS
+		r.Extra = nil
+		if opt != nil {
+			r.Extra = []dns.RR{opt}
+		}
+		r.Truncated = referral
+		if out, err = r.PackBuffer(buf); err != nil || len(out) <= limit {
+			return out, err
+		}
+	}
+	r.Answer, r.Ns = nil, nil
+	r.Truncated = true
+	return r.PackBuffer(buf)
+}
