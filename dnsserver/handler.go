@@ -44,8 +44,9 @@ type State struct {
 // Handler answers DNS messages from the current State. It is safe for
 // concurrent use; the query path takes no locks.
 type Handler struct {
-	state atomic.Pointer[State]
-	log   *slog.Logger
+	state  atomic.Pointer[State]
+	log    *slog.Logger
+	panics atomic.Uint64
 }
 
 // NewHandler returns a handler serving st.
@@ -58,6 +59,9 @@ func NewHandler(st *State, log *slog.Logger) *Handler {
 // Swap makes st the state that new queries are answered from. Queries already
 // being answered finish with the state they started with.
 func (h *Handler) Swap(st *State) { h.state.Store(st) }
+
+// Panics returns how many queries made the handler panic.
+func (h *Handler) Panics() uint64 { return h.panics.Load() }
 
 // State returns the state being served.
 func (h *Handler) State() *State { return h.state.Load() }
@@ -79,6 +83,7 @@ type request struct {
 func (h *Handler) serve(w writer, buf []byte, req request) {
 	defer func() {
 		if v := recover(); v != nil {
+			h.panics.Add(1)
 			// miekg/dns does not recover handler panics, and one bad query must
 			// not take the server down: answer SERVFAIL and keep going.
 			h.log.Error("panic answering a query", "panic", v, "stack", string(debug.Stack()))

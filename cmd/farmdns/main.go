@@ -58,7 +58,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := serve(ctx, *configPath, cfg, st, log); err != nil {
+	srv := newServer(*configPath, cfg, st, log)
+	if err := srv.start(ctx); err != nil {
+		log.Error("farmdns did not start", "err", err)
+		return 1
+	}
+	if err := srv.run(ctx); err != nil {
 		log.Error("farmdns stopped", "err", err)
 		return 1
 	}
@@ -87,59 +92,90 @@ func summary(st *dnsserver.State) string {
 	return fmt.Sprintf("%d zones, %d records", len(zs), records)
 }
 
-// serve runs the DNS and HTTP servers until ctx ends, reloading on SIGHUP.
-func serve(ctx context.Context, path string, cfg *Config, st *dnsserver.State, log *slog.Logger) error {
+// server is the running farmdns: DNS, HTTP, and the configuration behind them.
+type server struct {
+	path    string
+	cfg     *Config
+	log     *slog.Logger
+	handler *dnsserver.Handler
+	dns     *dnsserver.Server
+	web     *http.Server
+	webLn   net.Listener
+	// reloaded, if set, is told the outcome of every reload.
+	reloaded chan<- error
+}
+
+func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) *server {
 	h := dnsserver.NewHandler(st, log)
-	srv := &dnsserver.Server{
-		Handler:        h,
-		Addrs:          cfg.DNS.Listen,
-		TCPIdleTimeout: cfg.DNS.TCPIdleTimeout,
-		MaxTCPConns:    cfg.DNS.MaxTCPConnections,
-		Log:            log,
+	return &server{
+		path:    path,
+		cfg:     cfg,
+		log:     log,
+		handler: h,
+		dns: &dnsserver.Server{
+			Handler:        h,
+			Addrs:          cfg.DNS.Listen,
+			TCPIdleTimeout: cfg.DNS.TCPIdleTimeout,
+			MaxTCPConns:    cfg.DNS.MaxTCPConnections,
+			Log:            log,
+		},
+		web: &http.Server{Handler: httpHandler(), ReadHeaderTimeout: 10 * time.Second},
 	}
-	if err := srv.Start(ctx); err != nil {
+}
+
+// start binds every socket; nothing is served unless all of them bind.
+func (s *server) start(ctx context.Context) error {
+	if err := s.dns.Start(ctx); err != nil {
 		return err
 	}
-	hl, err := net.Listen("tcp", cfg.HTTP.Listen)
+	ln, err := net.Listen("tcp", s.cfg.HTTP.Listen)
 	if err != nil {
-		srv.Shutdown(context.Background())
+		s.dns.Shutdown(context.Background())
 		return fmt.Errorf("http listen: %w", err)
 	}
-	web := &http.Server{Handler: httpHandler(), ReadHeaderTimeout: 10 * time.Second}
-	go web.Serve(hl)
-	log.Info("farmdns serving", "dns", srv.BoundAddrs(), "http", hl.Addr().String(), "zones", summary(st))
+	s.webLn = ln
+	go s.web.Serve(ln)
+	s.log.Info("farmdns serving", "dns", s.dns.BoundAddrs(), "http", ln.Addr().String(), "zones", summary(s.handler.State()))
+	return nil
+}
 
+// run serves until ctx ends, reloading on SIGHUP, then shuts down gracefully.
+func (s *server) run(ctx context.Context) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:
-			cfg = reload(path, cfg, h, log)
+			err := s.reload()
+			if s.reloaded != nil {
+				s.reloaded <- err
+			}
 		case <-ctx.Done():
-			log.Info("shutting down")
+			s.log.Info("shutting down")
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			web.Shutdown(sctx)
-			return srv.Shutdown(sctx)
+			s.web.Shutdown(sctx)
+			return s.dns.Shutdown(sctx)
 		}
 	}
 }
 
 // reload swaps in a new configuration only if all of it is valid; otherwise
 // the running one keeps serving, untouched.
-func reload(path string, running *Config, h *dnsserver.Handler, log *slog.Logger) *Config {
-	cfg, st, err := load(path)
+func (s *server) reload() error {
+	cfg, st, err := load(s.path)
 	if err != nil {
-		log.Error("reload failed; still serving the previous configuration", "err", err)
-		return running
+		s.log.Error("reload failed; still serving the previous configuration", "err", err)
+		return err
 	}
-	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(running.DNS.Listen, ",") || cfg.HTTP.Listen != running.HTTP.Listen {
-		log.Warn("listen addresses changed; they take effect on restart")
+	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(s.cfg.DNS.Listen, ",") || cfg.HTTP.Listen != s.cfg.HTTP.Listen {
+		s.log.Warn("listen addresses changed; they take effect on restart")
 	}
-	h.Swap(st)
-	log.Info("reloaded", "zones", summary(st))
-	return cfg
+	s.cfg = cfg
+	s.handler.Swap(st)
+	s.log.Info("reloaded", "zones", summary(st))
+	return nil
 }
 
 func httpHandler() http.Handler {

@@ -1,0 +1,35 @@
+# farmdns: `make test` installs what the tests need and runs them all.
+GO ?= go
+APT_PACKAGES := knot dnsutils dnsperf
+
+.PHONY: test test-deps check build run bench fuzz
+
+test: test-deps check
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# External peers the tests run for real: Knot DNS (differential test), dig,
+# dnsperf (benchmarks) from Debian, and a pinned Consul built from the Go
+# module proxy into ~/.cache/farmdns (Debian has no Consul package).
+test-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@.ci/consul.sh >/dev/null
+
+check:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+build:
+	$(GO) build -o . ./cmd/...
+
+run:
+	$(GO) run ./cmd/farmdns -config deploy/example/farmdns.yaml
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzServe -fuzztime 60s ./dnsserver

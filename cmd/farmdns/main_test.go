@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+const goodZone = `$TTL 300
+@ SOA ns1 hostmaster 1 7200 3600 1209600 60
+@ NS ns1
+ns1 A 192.0.2.53
+www A 192.0.2.80
+`
+
+// writeConfig writes a config and its zone file into a temp dir.
+func writeConfig(t *testing.T, config, zone string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "farm.zone"), []byte(zone), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "farmdns.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+const baseConfig = `dns:
+  listen: ["127.0.0.1:0"]
+http:
+  listen: "127.0.0.1:0"
+zones:
+  - origin: farm.example.com.
+    file: farm.zone
+`
+
+func TestConfigErrors(t *testing.T) {
+	tests := []struct{ name, config, want string }{
+		{"unknown key", baseConfig + "bogus: 1\n", "field bogus not found"},
+		{"unknown nested key", strings.Replace(baseConfig, "dns:\n", "dns:\n  listn: []\n", 1), "field listn not found"},
+		{"bad listen", strings.Replace(baseConfig, `["127.0.0.1:0"]`, `["localhost"]`, 1), `dns.listen[0]: "localhost" is not host:port`},
+		{"bad http", strings.Replace(baseConfig, `"127.0.0.1:0"`+"\nzones", `"x"`+"\nzones", 1), `http.listen: "x" is not host:port`},
+		{"valid", baseConfig + "log:\n  level: debug\n", ""},
+		{"no zones", "dns:\n  listen: [\"127.0.0.1:0\"]\n", "zones: no zones configured"},
+		{"bad origin", strings.Replace(baseConfig, "farm.example.com.", "bad..name", 1), `zones[0].origin: "bad..name" is not a domain name`},
+		{"twice", baseConfig + "  - origin: FARM.example.com\n    file: farm.zone\n", "zones[1].origin: farm.example.com. is configured twice"},
+		{"no file", strings.Replace(baseConfig, "    file: farm.zone\n", "", 1), "zones[0].file: missing"},
+		{"transfer", strings.Replace(baseConfig, "dns:\n", "dns:\n  transfer_allow: [\"10.0.0.0/33\"]\n", 1), "dns.transfer_allow[0]"},
+		{"max udp", strings.Replace(baseConfig, "dns:\n", "dns:\n  max_udp_size: 100\n", 1), "dns.max_udp_size: 100 is not between 512 and 65535"},
+		{"log level", baseConfig + "log:\n  level: loud\n", "log.level: want debug, info, warn or error"},
+		{"wrong type", strings.Replace(baseConfig, "dns:\n", "dns:\n  max_tcp_connections: many\n", 1), "cannot unmarshal"},
+		{"empty", "", "empty file"},
+		{"not yaml", "\t{[", "yaml:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig(writeConfig(t, tt.config, goodZone))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestCheck(t *testing.T) {
+	var out, errOut bytes.Buffer
+	path := writeConfig(t, baseConfig, goodZone)
+	if code := run([]string{"-check", "-config", path}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "ok: 1 zones, 4 records") {
+		t.Errorf("summary %q", out.String())
+	}
+
+	out.Reset()
+	errOut.Reset()
+	path = writeConfig(t, baseConfig, goodZone+"www CNAME ns1\nbad A 1.2.3\n")
+	if code := run([]string{"-check", "-config", path}, &out, &errOut); code != 1 {
+		t.Fatalf("exit %d for a broken zone", code)
+	}
+	// Every problem is listed with its file and line.
+	for _, want := range []string{"farm.zone:7: bad A A: \"1.2.3\"", "check failed"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, errOut.String())
+		}
+	}
+}
+
+func TestShippedExampleIsValid(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"-check", "-config", "../../deploy/example/farmdns.yaml"}, &out, &errOut); code != 0 {
+		t.Fatalf("deploy/example does not pass -check: %s", errOut.String())
+	}
+}
+
+func TestBadZoneAtStartup(t *testing.T) {
+	var out, errOut bytes.Buffer
+	path := writeConfig(t, baseConfig, "@ SOA ns1 hostmaster 1 2 3 4 5\n")
+	if code := run([]string{"-config", path}, &out, &errOut); code != 1 {
+		t.Fatalf("exit %d: a bad zone must stop the start", code)
+	}
+	if !strings.Contains(errOut.String(), "farm.zone: no NS records") {
+		t.Errorf("the error does not name the file and problem: %s", errOut.String())
+	}
+}
+
+// TestServeAndReload runs the server, answers a query, reloads a broken
+// config (kept out), then a good one (taken in), then stops on SIGTERM's path.
+func TestServeAndReload(t *testing.T) {
+	path := writeConfig(t, baseConfig, goodZone)
+	cfg, st, err := load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := newServer(path, cfg, st, slog.New(slog.DiscardHandler))
+	reloaded := make(chan error, 1)
+	srv.reloaded = reloaded
+	if err := srv.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.run(ctx) }()
+	addr := srv.dns.BoundAddrs()[0].String()
+	ask := func() *dns.Msg {
+		t.Helper()
+		c := &dns.Client{Timeout: 2 * time.Second}
+		r, _, err := c.Exchange(new(dns.Msg).SetQuestion("www.farm.example.com.", dns.TypeA), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := ask(); len(r.Answer) != 1 {
+		t.Fatalf("before reload: %v", r)
+	}
+	zone := filepath.Join(filepath.Dir(path), "farm.zone")
+	reloadAndWait := func(wantErr bool) {
+		t.Helper()
+		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+		select {
+		case err := <-reloaded:
+			if (err != nil) != wantErr {
+				t.Fatalf("reload: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no reload")
+		}
+	}
+	os.WriteFile(zone, []byte("garbage\n"), 0o644)
+	reloadAndWait(true)
+	if r := ask(); len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.80" {
+		t.Fatalf("a broken reload changed what is served: %v", r)
+	}
+	os.WriteFile(zone, []byte(strings.Replace(goodZone, "192.0.2.80", "192.0.2.81", 1)), 0o644)
+	reloadAndWait(false)
+	if r := ask(); len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.81" {
+		t.Fatalf("a good reload was not taken: %v", r)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("stop: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not stop")
+	}
+}

@@ -1,0 +1,227 @@
+package dnsserver
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// recorder keeps what the handler writes.
+type recorder struct{ msgs [][]byte }
+
+func (r *recorder) write(msg []byte) error {
+	r.msgs = append(r.msgs, slices.Clone(msg))
+	return nil
+}
+
+// serveMsg runs q through h as it would arrive over UDP or TCP and returns the
+// single reply, or nil.
+func serveMsg(t *testing.T, h *Handler, q *dns.Msg, tcp bool) *dns.Msg {
+	t.Helper()
+	wire, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec recorder
+	h.serve(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: netip.MustParseAddr("127.0.0.1")})
+	switch len(rec.msgs) {
+	case 0:
+		return nil
+	case 1:
+		r := new(dns.Msg)
+		if err := r.Unpack(rec.msgs[0]); err != nil {
+			t.Fatalf("reply does not parse: %v", err)
+		}
+		return r
+	}
+	t.Fatalf("%d replies to one query", len(rec.msgs))
+	return nil
+}
+
+func section(rrs []dns.RR) string {
+	var lines []string
+	for _, rr := range rrs {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			lines = append(lines, strings.ReplaceAll(rr.String(), "\t", " "))
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func zoneText(t *testing.T, texts ...string) string {
+	t.Helper()
+	var rrs []dns.RR
+	for _, s := range texts {
+		rr, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rrs = append(rrs, rr)
+	}
+	return section(rrs)
+}
+
+func TestServe(t *testing.T) {
+	h := NewHandler(testState(t), testLogger(t))
+	soa := "example.org. 300 IN SOA ns1.example.org. hostmaster.example.org. 2026112301 7200 3600 1209600 300"
+	tests := []struct {
+		name   string
+		q      *dns.Msg
+		tcp    bool
+		rcode  int
+		aa, tc bool
+		count  int // answer records, where listing them is too long
+		answer []string
+		ns     []string
+	}{
+		{name: "answer", q: query("www.example.org.", dns.TypeA), rcode: dns.RcodeSuccess, aa: true,
+			answer: []string{"www.example.org. 3600 IN CNAME example.org.", "example.org. 3600 IN A 192.0.2.1"}},
+		{name: "nxdomain has SOA with minimum TTL", q: query("nope.example.org.", dns.TypeA), rcode: dns.RcodeNameError, aa: true, ns: []string{soa}},
+		{name: "nodata has SOA", q: query("mail.example.org.", dns.TypeMX), rcode: dns.RcodeSuccess, aa: true, ns: []string{soa}},
+		{name: "referral is not authoritative", q: query("x.deleg.example.org.", dns.TypeA), rcode: dns.RcodeSuccess,
+			ns: []string{"deleg.example.org. 3600 IN NS ns1.deleg.example.org.", "deleg.example.org. 3600 IN NS ns.example.net."}},
+		{name: "not our zone", q: query("example.com.", dns.TypeA), rcode: dns.RcodeRefused},
+		{name: "opcode", q: query("example.org.", dns.TypeA, withOpcode(dns.OpcodeStatus)), rcode: dns.RcodeNotImplemented},
+		{name: "two questions", q: query("example.org.", dns.TypeA, func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) }), rcode: dns.RcodeFormatError},
+		{name: "badvers", q: query("example.org.", dns.TypeA, func(m *dns.Msg) { m.IsEdns0().SetVersion(1) }), rcode: dns.RcodeBadVers},
+		{name: "too big for 512", q: query("big.example.org.", dns.TypeTXT, noEDNS), rcode: dns.RcodeSuccess, aa: true, tc: true},
+		{name: "too big for 1232", q: query("big.example.org.", dns.TypeTXT), rcode: dns.RcodeSuccess, aa: true, tc: true},
+		{name: "big over TCP", q: query("big.example.org.", dns.TypeTXT, noEDNS), tcp: true, rcode: dns.RcodeSuccess, aa: true, count: 24},
+		{name: "chaos version", q: query("version.bind.", dns.TypeTXT, withClass(dns.ClassCHAOS)), rcode: dns.RcodeSuccess,
+			answer: []string{`version.bind. 0 CH TXT "v-test"`}},
+		{name: "axfr from a stranger", q: query("example.org.", dns.TypeAXFR), tcp: true, rcode: dns.RcodeRefused},
+		{name: "axfr over udp", q: query("example.org.", dns.TypeAXFR), rcode: dns.RcodeRefused},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := serveMsg(t, h, tt.q, tt.tcp)
+			if r == nil {
+				t.Fatal("no reply")
+			}
+			if r.Rcode != tt.rcode || r.Authoritative != tt.aa || r.Truncated != tt.tc {
+				t.Errorf("rcode %s aa %v tc %v, want %s %v %v", dns.RcodeToString[r.Rcode], r.Authoritative, r.Truncated,
+					dns.RcodeToString[tt.rcode], tt.aa, tt.tc)
+			}
+			if r.Id != tt.q.Id || !r.Response || len(r.Question) != len(tt.q.Question) {
+				t.Errorf("header or question not echoed: %v", r.MsgHdr)
+			}
+			if (r.IsEdns0() != nil) != (tt.q.IsEdns0() != nil) {
+				t.Error("OPT in the reply iff in the query (RFC 6891 section 7)")
+			}
+			if tt.count > 0 {
+				if len(r.Answer) != tt.count {
+					t.Errorf("%d answer records, want %d", len(r.Answer), tt.count)
+				}
+			} else if got, want := section(r.Answer), zoneText(t, tt.answer...); !tt.tc && got != want {
+				t.Errorf("answer:\n%s\nwant:\n%s", got, want)
+			}
+			if got, want := section(r.Ns), zoneText(t, tt.ns...); !tt.tc && got != want {
+				t.Errorf("authority:\n%s\nwant:\n%s", got, want)
+			}
+			if tt.tc && len(r.Answer)+len(r.Ns) > 0 {
+				t.Error("a truncated reply carries a partial answer")
+			}
+		})
+	}
+}
+
+func TestServeOptions(t *testing.T) {
+	st := testState(t)
+	st.Options.Version = nil
+	st.Options.MaxUDPSize = 1400
+	h := NewHandler(st, testLogger(t))
+
+	r := serveMsg(t, h, query("version.bind.", dns.TypeTXT, withClass(dns.ClassCHAOS)), false)
+	if r.Rcode != dns.RcodeRefused {
+		t.Errorf("version.bind with no version configured: %s, want REFUSED", dns.RcodeToString[r.Rcode])
+	}
+	r = serveMsg(t, h, query("example.org.", dns.TypeA, withDO, withOption(&dns.EDNS0_NSID{Code: dns.EDNS0NSID})), false)
+	opt := r.IsEdns0()
+	if !opt.Do() || opt.UDPSize() != 1400 || nsid(opt) != "6e732d74657374" {
+		t.Errorf("OPT %v: want DO echoed, our size 1400, NSID ns-test", opt)
+	}
+	r = serveMsg(t, h, query("example.org.", dns.TypeA), false)
+	if nsid(r.IsEdns0()) != "" {
+		t.Error("NSID sent without being asked for")
+	}
+	// A client may ask for more than our cap: it gets what fits our cap.
+	r = serveMsg(t, h, query("big.example.org.", dns.TypeTXT, func(m *dns.Msg) { m.IsEdns0().SetUDPSize(4096) }), false)
+	if !r.Truncated {
+		t.Error("reply over the 1400-octet cap was not truncated")
+	}
+}
+
+func TestServeIgnoresResponsesAndRunts(t *testing.T) {
+	h := NewHandler(testState(t), testLogger(t))
+	q := query("example.org.", dns.TypeA)
+	q.Response = true
+	if r := serveMsg(t, h, q, false); r != nil {
+		t.Error("answered a response: two servers could loop")
+	}
+	var rec recorder
+	h.serve(&rec, make([]byte, 512), request{wire: []byte{1, 2, 3}})
+	if len(rec.msgs) != 0 {
+		t.Error("answered a packet shorter than a header")
+	}
+}
+
+func TestServePanicIsServfail(t *testing.T) {
+	h := NewHandler(&State{}, testLogger(t)) // no zones: the lookup dereferences nil
+	q := query("example.org.", dns.TypeA)
+	r := serveMsg(t, h, q, false)
+	if r == nil || r.Rcode != dns.RcodeServerFailure || r.Id != q.Id {
+		t.Fatalf("reply %v, want SERVFAIL with the query's ID", r)
+	}
+	if h.Panics() != 1 {
+		t.Errorf("panics %d, want 1", h.Panics())
+	}
+}
+
+func TestTransferAllowed(t *testing.T) {
+	h := NewHandler(testState(t), testLogger(t))
+	wire, _ := query("example.org.", dns.TypeAXFR).Pack()
+	var rec recorder
+	h.serve(&rec, make([]byte, 65535), request{wire: wire, tcp: true, remote: netip.MustParseAddr("127.0.0.2")})
+	var n int
+	for i, b := range rec.msgs {
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err != nil {
+			t.Fatal(err)
+		}
+		if m.Rcode != dns.RcodeSuccess || !m.Authoritative || (i == 0) != (len(m.Question) == 1) {
+			t.Errorf("message %d: %v", i, m.MsgHdr)
+		}
+		n += len(m.Answer)
+	}
+	if want := h.State().Zones.Find("example.org.").Records() + 1; n != want {
+		t.Errorf("%d records transferred, want %d (the zone and the closing SOA)", n, want)
+	}
+}
+
+func FuzzServe(f *testing.F) {
+	for _, q := range []*dns.Msg{query("www.example.org.", dns.TypeA), query("x.wild.example.org.", dns.TypeTXT, withDO),
+		query("big.example.org.", dns.TypeTXT, noEDNS), query("version.bind.", dns.TypeTXT, withClass(dns.ClassCHAOS))} {
+		b, _ := q.Pack()
+		f.Add(b, false)
+	}
+	h := NewHandler(testState(f), testLogger(f))
+	f.Fuzz(func(t *testing.T, wire []byte, tcp bool) {
+		var rec recorder
+		h.serve(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: netip.MustParseAddr("127.0.0.1")})
+		if h.Panics() != 0 {
+			t.Fatal("the handler panicked")
+		}
+		for _, r := range rec.msgs {
+			if len(r) < headerLen || binary.BigEndian.Uint16(r) != binary.BigEndian.Uint16(wire) {
+				t.Fatalf("reply does not carry the query ID")
+			}
+			if !tcp && len(r) > DefaultMaxUDPSize {
+				t.Fatalf("UDP reply of %d octets", len(r))
+			}
+		}
+	})
+}
