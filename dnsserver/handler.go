@@ -39,6 +39,17 @@ const DefaultMaxUDPSize = 1232
 type State struct {
 	Zones   *zones.Set
 	Options Options
+
+	prepared *prepared // nil: every query takes the slow path
+}
+
+// NewState builds the state for zs and opts, with the ready-made replies of
+// the fast path; it takes a while for a large zone, which is why it happens
+// here, before the state is swapped in, and not on the query path.
+func NewState(zs *zones.Set, opts Options) *State {
+	st := &State{Zones: zs, Options: opts}
+	st.prepared = prepare(st)
+	return st
 }
 
 // Handler answers DNS messages from the current State. It is safe for
@@ -95,6 +106,12 @@ func (h *Handler) serve(w writer, buf []byte, req request) {
 	st := h.state.Load()
 	if len(req.wire) < headerLen || req.wire[2]&0x80 != 0 {
 		return // not a query: answering responses invites loops
+	}
+	if st.prepared != nil {
+		if out, ok := fastAnswer(st, buf, req.wire, req.tcp); ok {
+			w.write(out)
+			return
+		}
 	}
 	m := new(dns.Msg)
 	if !wellFormed(req.wire) || m.Unpack(req.wire) != nil {

@@ -130,10 +130,11 @@ func TestServe(t *testing.T) {
 }
 
 func TestServeOptions(t *testing.T) {
-	st := testState(t)
-	st.Options.Version = nil
-	st.Options.MaxUDPSize = 1400
-	h := NewHandler(st, testLogger(t))
+	base := testState(t)
+	opts := base.Options
+	opts.Version = nil
+	opts.MaxUDPSize = 1400
+	h := NewHandler(NewState(base.Zones, opts), testLogger(t))
 
 	r := serveMsg(t, h, query("version.bind.", dns.TypeTXT, withClass(dns.ClassCHAOS)), false)
 	if r.Rcode != dns.RcodeRefused {

@@ -30,13 +30,13 @@ func testState(t testing.TB) *State {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &State{Zones: set, Options: Options{
+	return NewState(set, Options{
 		NSID:         "ns-test",
 		Identity:     ptr("id-test"),
 		Version:      ptr("v-test"),
 		MaxUDPSize:   DefaultMaxUDPSize,
 		TransferFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")},
-	}}
+	})
 }
 
 func testLogger(t testing.TB) *slog.Logger {

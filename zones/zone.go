@@ -225,3 +225,17 @@ func parseMessage(err error) (int, string) {
 	line, _ := strconv.Atoi(msg[m[2]:m[3]])
 	return line, msg[:m[0]]
 }
+
+// Walk calls fn for every owner name of the zone (empty non-terminals
+// included) with the types it holds, in no particular order. types is only
+// valid during the call.
+func (z *Zone) Walk(fn func(name string, types []uint16)) {
+	var types []uint16
+	for name, n := range z.nodes {
+		types = types[:0]
+		for _, set := range n.rrsets {
+			types = append(types, set.typ)
+		}
+		fn(name, types)
+	}
+}

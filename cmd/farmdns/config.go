@@ -232,5 +232,5 @@ func buildState(c *Config) (*dnsserver.State, error) {
 		p, _ := parsePrefix(s) // validated
 		opts.TransferFrom = append(opts.TransferFrom, p)
 	}
-	return &dnsserver.State{Zones: set, Options: opts}, nil
+	return dnsserver.NewState(set, opts), nil
 }
