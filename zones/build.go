@@ -74,7 +74,7 @@ func (b *builder) add(rr dns.RR, line int) {
 	b.records++
 }
 
-func (b *builder) finish() (*Zone, error) {
+func (b *builder) finish(bindings []Binding) (*Zone, error) {
 	apex := b.nodes[b.origin]
 	switch {
 	case apex == nil || apex.get(dns.TypeSOA) == nil:
@@ -87,6 +87,9 @@ func (b *builder) finish() (*Zone, error) {
 	}
 	for owner, n := range b.nodes {
 		b.checkNode(owner, n)
+	}
+	for _, bd := range bindings {
+		b.bind(bd)
 	}
 	if len(b.errs) > 0 {
 		slices.SortStableFunc(b.errs, func(x, y *Error) int { return x.Line - y.Line })
@@ -139,4 +142,52 @@ func (b *builder) addEmptyNonTerminals(owner string) {
 		}
 		b.nodes[name] = &node{}
 	}
+}
+
+// bind makes a name dynamic. The zone file may not hold records of the bound
+// types (or a CNAME) there: which of the two would answer is not obvious.
+func (b *builder) bind(bd Binding) {
+	name := dns.CanonicalName(bd.Name)
+	if bd.Name == "@" {
+		name = b.origin
+	} else if !dns.IsFqdn(bd.Name) {
+		name = dns.CanonicalName(bd.Name + "." + b.origin)
+	}
+	switch {
+	case !validName(name) || !dns.IsSubDomain(b.origin, name):
+		b.errorf(0, "pool name %q is not in zone %s", bd.Name, b.origin)
+		return
+	case strings.HasPrefix(name, "*."):
+		b.errorf(0, "pool name %s: a wildcard cannot be a pool", name)
+		return
+	}
+	for anc := name; anc != b.origin; {
+		if n := b.nodes[anc]; n != nil && n.cut {
+			b.errorf(b.lines[anc], "pool name %s is at or below the delegation %s", name, anc)
+			return
+		}
+		i, _ := dns.NextLabel(anc, 0)
+		anc = anc[i:]
+	}
+	n := b.nodes[name]
+	if n == nil {
+		n = &node{}
+		b.nodes[name] = n
+	}
+	for _, t := range append([]uint16{dns.TypeCNAME}, bd.Types...) {
+		if n.get(t) != nil {
+			b.errorf(b.lines[name], "pool name %s clashes with the static %s record of the zone file", name, dns.Type(t))
+		}
+	}
+	for _, t := range bd.Types {
+		if _, taken := n.binding(t); taken {
+			b.errorf(0, "pool name %s: %s is bound to two pools", name, dns.Type(t))
+		}
+	}
+	n.dynamic = append(n.dynamic, Binding{Name: name, Types: bd.Types, Pool: bd.Pool})
+}
+
+func validName(s string) bool {
+	_, ok := dns.IsDomainName(s)
+	return ok
 }

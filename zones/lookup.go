@@ -21,6 +21,9 @@ const (
 	Delegation
 	// NameTooLong: a DNAME substitution made a name longer than 255 octets (YXDOMAIN).
 	NameTooLong
+	// Dynamic: the records asked for come from the pool in Result.Pool;
+	// Answer holds the CNAME/DNAME chain that led there, if any.
+	Dynamic
 )
 
 func (o Outcome) String() string {
@@ -35,6 +38,8 @@ func (o Outcome) String() string {
 		return "delegation"
 	case NameTooLong:
 		return "yxdomain"
+	case Dynamic:
+		return "dynamic"
 	}
 	return "unknown"
 }
@@ -48,6 +53,8 @@ type Result struct {
 	Extra   []dns.RR // glue for a delegation, addresses of NS/MX/SRV targets
 	// Wildcard is true when the final name was answered from a wildcard.
 	Wildcard bool
+	// Pool is the binding's pool when Outcome is Dynamic.
+	Pool int
 }
 
 // maxChain bounds CNAME/DNAME chasing inside the zone, so that a loop in the
@@ -101,6 +108,11 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 			res.Wildcard = false
 		}
 
+		if pool, ok := n.binding(qtype); ok {
+			res.Outcome = Dynamic
+			res.Pool = pool
+			return res
+		}
 		if qtype == dns.TypeANY {
 			// RFC 8482 section 4.1: one RRset stands for all of them, which
 			// keeps ANY from being an amplifier.

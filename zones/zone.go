@@ -36,6 +36,28 @@ type node struct {
 	rrsets []rrset // sorted by type
 	// cut marks a delegation point: NS records at a name below the apex.
 	cut bool
+	// dynamic lists the types answered from a pool rather than from rrsets.
+	dynamic []Binding
+}
+
+// Binding makes some types of one name dynamic: the DNS server answers them
+// from a load-balancing pool instead of the zone file.
+type Binding struct {
+	// Name is the owner, absolute or relative to the origin ("@": the apex).
+	Name string
+	// Types are the types answered from the pool, such as A and AAAA.
+	Types []uint16
+	// Pool identifies the pool; zones only hands it back in a Result.
+	Pool int
+}
+
+func (n *node) binding(t uint16) (int, bool) {
+	for _, b := range n.dynamic {
+		if slices.Contains(b.Types, t) {
+			return b.Pool, true
+		}
+	}
+	return 0, false
 }
 
 type rrset struct {
@@ -131,14 +153,15 @@ func (es Errors) Error() string {
 // probably not a zone file at all.
 const maxErrors = 20
 
-// Load reads and validates the zone file at path for origin.
-func Load(origin, path string) (*Zone, error) {
+// Load reads and validates the zone file at path for origin, with the
+// dynamic names of bindings.
+func Load(origin, path string, bindings ...Binding) (*Zone, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("zone %s: %w", origin, err)
 	}
 	defer f.Close()
-	return Parse(origin, path, f)
+	return Parse(origin, path, f, bindings...)
 }
 
 // lineReader counts the lines the zone parser has consumed. The parser reads
@@ -170,10 +193,10 @@ func (l *lineReader) Read(p []byte) (int, error) {
 	return 1, nil
 }
 
-// Parse reads a zone in master file format from r. name is used in messages.
-// $INCLUDE is refused: a zone is one file, so a reload reads exactly what the
-// operator named and nothing else.
-func Parse(origin, name string, r io.Reader) (*Zone, error) {
+// Parse reads a zone in master file format from r, with the dynamic names of
+// bindings. name is used in messages. $INCLUDE is refused: a zone is one
+// file, so a reload reads exactly what the operator named and nothing else.
+func Parse(origin, name string, r io.Reader, bindings ...Binding) (*Zone, error) {
 	origin = dns.CanonicalName(origin)
 	if _, ok := dns.IsDomainName(origin); !ok {
 		return nil, fmt.Errorf("zone %q: not a domain name", origin)
@@ -202,7 +225,7 @@ func Parse(origin, name string, r io.Reader) (*Zone, error) {
 		line, msg := parseMessage(err)
 		return nil, append(b.errs, &Error{File: name, Line: line, Msg: msg})
 	}
-	return b.finish()
+	return b.finish(bindings)
 }
 
 var parseErrorLine = regexp.MustCompile(` at line: (\d+):\d+$`)

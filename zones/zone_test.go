@@ -3,6 +3,8 @@ package zones
 import (
 	"strings"
 	"testing"
+
+	"github.com/miekg/dns"
 )
 
 const minimal = `$TTL 300
@@ -91,5 +93,65 @@ func TestAllIsStableAndStartsWithSOA(t *testing.T) {
 	}
 	if len(all) != z.Records() {
 		t.Errorf("All has %d records, zone has %d", len(all), z.Records())
+	}
+}
+
+func TestBindings(t *testing.T) {
+	ab := []uint16{dns.TypeA, dns.TypeAAAA}
+	z, err := Parse("farm.example.", "test.zone", strings.NewReader(minimal+"alias CNAME @\nstatic A 192.0.2.9\n"),
+		Binding{Name: "@", Types: ab, Pool: 1},
+		Binding{Name: "eu.nodes", Types: ab, Pool: 2},
+		Binding{Name: "_ws._tcp", Types: []uint16{dns.TypeSRV}, Pool: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name    string
+		qtype   uint16
+		outcome Outcome
+		pool    int
+		chain   int
+	}{
+		{"farm.example.", dns.TypeA, Dynamic, 1, 0},
+		{"farm.example.", dns.TypeAAAA, Dynamic, 1, 0},
+		{"farm.example.", dns.TypeSOA, Success, 0, 0}, // the apex keeps its static records
+		{"farm.example.", dns.TypeMX, NoData, 0, 0},
+		{"alias.farm.example.", dns.TypeA, Dynamic, 1, 1}, // a CNAME leads into the pool
+		{"eu.nodes.farm.example.", dns.TypeA, Dynamic, 2, 0},
+		{"nodes.farm.example.", dns.TypeA, NoData, 0, 0}, // an empty non-terminal above the pool name
+		{"eu.nodes.farm.example.", dns.TypeTXT, NoData, 0, 0},
+		{"_ws._tcp.farm.example.", dns.TypeSRV, Dynamic, 3, 0},
+		{"static.farm.example.", dns.TypeA, Success, 0, 0},
+	} {
+		res := z.Lookup(tt.name, tt.qtype)
+		if res.Outcome != tt.outcome || (tt.outcome == Dynamic && res.Pool != tt.pool) || len(res.Answer) < tt.chain {
+			t.Errorf("%s %s: %v pool %d, want %v pool %d", tt.name, dns.Type(tt.qtype), res.Outcome, res.Pool, tt.outcome, tt.pool)
+		}
+	}
+}
+
+func TestBindingErrors(t *testing.T) {
+	ab := []uint16{dns.TypeA, dns.TypeAAAA}
+	zone := minimal + "static A 192.0.2.9\nalias CNAME @\nsub NS ns.example.net.\n"
+	for _, tt := range []struct {
+		b    Binding
+		want string
+	}{
+		{Binding{Name: "static", Types: ab}, "test.zone:5: pool name static.example.org. clashes with the static A record"},
+		{Binding{Name: "alias", Types: ab}, "clashes with the static CNAME record"},
+		{Binding{Name: "x.sub", Types: ab}, "pool name x.sub.example.org. is at or below the delegation sub.example.org."},
+		{Binding{Name: "*.any", Types: ab}, "a wildcard cannot be a pool"},
+		{Binding{Name: "www.example.com.", Types: ab}, `pool name "www.example.com." is not in zone example.org.`},
+		{Binding{Name: "ns1", Types: ab}, "clashes with the static A record"},
+	} {
+		_, err := Parse("example.org.", "test.zone", strings.NewReader(zone), tt.b)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: error %v, want %q", tt.b, err, tt.want)
+		}
+	}
+	_, err := Parse("example.org.", "test.zone", strings.NewReader(minimal),
+		Binding{Name: "@", Types: ab, Pool: 1}, Binding{Name: "example.org.", Types: []uint16{dns.TypeA}, Pool: 2})
+	if err == nil || !strings.Contains(err.Error(), "A is bound to two pools") {
+		t.Errorf("two pools on one name: %v", err)
 	}
 }
