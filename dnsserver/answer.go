@@ -10,8 +10,20 @@ import (
 )
 
 // answer is the core of the server: a parsed query in, the full response out
-// (before truncation). It never fails: every problem is an rcode.
-func answer(st *State, q *dns.Msg, req request) *dns.Msg {
+// (before truncation), with the zone that answered (noZone if none). It never
+// fails: every problem is an rcode.
+func answer(st *State, q *dns.Msg, req request) (*dns.Msg, string) {
+	r := answerIn(st, q, req)
+	zone := noZone
+	if len(r.Question) == 1 && r.Rcode != dns.RcodeRefused {
+		if z := st.Zones.Find(strings.ToLower(r.Question[0].Name)); z != nil {
+			zone = z.Origin
+		}
+	}
+	return r, zone
+}
+
+func answerIn(st *State, q *dns.Msg, req request) *dns.Msg {
 	r := reply(q)
 	opt, rcode := checkEDNS(q)
 	switch {

@@ -22,6 +22,7 @@ type prepared struct {
 
 // preparedAnswer is the reply to one (name, type) question, class IN.
 type preparedAnswer struct {
+	zone       string // origin, for metrics
 	qtype      uint16
 	flags      uint16 // AA and rcode; RD and CD come from each query
 	an, ns, ar uint16
@@ -58,6 +59,7 @@ func prepare(st *State) *prepared {
 			var answers []preparedAnswer
 			for _, qt := range slices.Compact(qtypes) {
 				if a, ok := prepareOne(st, buf, name, qt, n); ok {
+					a.zone = z.Origin
 					answers = append(answers, a)
 					count++
 				}
@@ -72,7 +74,8 @@ func prepare(st *State) *prepared {
 func prepareOne(st *State, buf []byte, name string, qtype uint16, nameLen int) (preparedAnswer, bool) {
 	q := new(dns.Msg).SetQuestion(name, qtype)
 	q.RecursionDesired = false
-	out, err := answer(st, q, request{tcp: true}).PackBuffer(buf)
+	r, _ := answer(st, q, request{tcp: true})
+	out, err := r.PackBuffer(buf)
 	if err != nil || len(out) < headerLen+nameLen+4 {
 		return preparedAnswer{}, false
 	}
@@ -169,13 +172,12 @@ func parseFast(msg []byte, key *[255]byte) (q fastQuery, ok bool) {
 
 // fastAnswer writes the reply to a plain query into buf if a prepared answer
 // fits the client. ok false means: use the slow path.
-func fastAnswer(st *State, buf, msg []byte, tcp bool) (out []byte, ok bool) {
+func fastAnswer(st *State, buf, msg []byte, tcp bool) (out []byte, a *preparedAnswer, ok bool) {
 	var key [255]byte
 	q, ok := parseFast(msg, &key)
 	if !ok {
-		return nil, false
+		return nil, nil, false
 	}
-	var a *preparedAnswer
 	answers := st.prepared.names[string(q.key)]
 	for i := range answers {
 		if answers[i].qtype == q.qtype {
@@ -184,7 +186,7 @@ func fastAnswer(st *State, buf, msg []byte, tcp bool) (out []byte, ok bool) {
 		}
 	}
 	if a == nil {
-		return nil, false
+		return nil, nil, false
 	}
 	optLen := 0
 	if q.edns {
@@ -195,7 +197,7 @@ func fastAnswer(st *State, buf, msg []byte, tcp bool) (out []byte, ok bool) {
 	}
 	size := q.qEnd + len(a.body) + optLen
 	if size > len(buf) || size > fastLimit(q, tcp, st.Options.MaxUDPSize) {
-		return nil, false // the slow path truncates
+		return nil, nil, false // the slow path truncates
 	}
 	out = buf[:0]
 	out = append(out, msg[0], msg[1]) // ID
@@ -215,7 +217,7 @@ func fastAnswer(st *State, buf, msg []byte, tcp bool) (out []byte, ok bool) {
 	if q.edns {
 		out = appendOPT(out, st, q)
 	}
-	return out, true
+	return out, a, true
 }
 
 // appendOPT appends our OPT record, as responseOPT builds it for the slow path.

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -55,21 +56,26 @@ func NewState(zs *zones.Set, opts Options) *State {
 // Handler answers DNS messages from the current State. It is safe for
 // concurrent use; the query path takes no locks.
 type Handler struct {
-	state  atomic.Pointer[State]
-	log    *slog.Logger
-	panics atomic.Uint64
+	state   atomic.Pointer[State]
+	log     *slog.Logger
+	panics  atomic.Uint64
+	metrics *metrics
 }
 
 // NewHandler returns a handler serving st.
 func NewHandler(st *State, log *slog.Logger) *Handler {
-	h := &Handler{log: log}
+	h := &Handler{log: log, metrics: newMetrics()}
+	h.metrics.addZones(st)
 	h.state.Store(st)
 	return h
 }
 
 // Swap makes st the state that new queries are answered from. Queries already
 // being answered finish with the state they started with.
-func (h *Handler) Swap(st *State) { h.state.Store(st) }
+func (h *Handler) Swap(st *State) {
+	h.metrics.addZones(st)
+	h.state.Store(st)
+}
 
 // Panics returns how many queries made the handler panic.
 func (h *Handler) Panics() uint64 { return h.panics.Load() }
@@ -88,6 +94,7 @@ type request struct {
 	wire   []byte
 	tcp    bool
 	remote netip.Addr
+	start  time.Time // when the query was read
 }
 
 // serve answers one query. buf is scratch space for the response.
@@ -108,34 +115,43 @@ func (h *Handler) serve(w writer, buf []byte, req request) {
 		return // not a query: answering responses invites loops
 	}
 	if st.prepared != nil {
-		if out, ok := fastAnswer(st, buf, req.wire, req.tcp); ok {
+		if out, a, ok := fastAnswer(st, buf, req.wire, req.tcp); ok {
+			h.metrics.count(a.zone, req.tcp, a.qtype, int(a.flags&0xF), false, req.start)
 			w.write(out)
 			return
 		}
 	}
 	m := new(dns.Msg)
 	if !wellFormed(req.wire) || m.Unpack(req.wire) != nil {
+		h.metrics.count(noZone, req.tcp, 0, dns.RcodeFormatError, false, req.start)
 		w.write(headerOnly(buf, req.wire, dns.RcodeFormatError))
 		return
 	}
+	qtype := uint16(0)
+	if len(m.Question) > 0 {
+		qtype = m.Question[0].Qtype
+	}
 	if isTransfer(m) && req.tcp {
 		if z, rcode := h.transferZone(st, m, req); z != nil {
+			h.metrics.count(z.Origin, true, qtype, dns.RcodeSuccess, false, req.start)
 			transfer(w, buf, m, z)
 			return
 		} else if rcode != dns.RcodeSuccess {
-			m = refuse(m, rcode)
-			if resp, err := m.PackBuffer(buf); err == nil {
+			h.metrics.count(noZone, true, qtype, rcode, false, req.start)
+			if resp, err := refuse(m, rcode).PackBuffer(buf); err == nil {
 				w.write(resp)
 			}
 			return
 		}
 	}
-	resp := answer(st, m, req)
+	resp, zone := answer(st, m, req)
 	out, err := pack(resp, buf, limit(m, req.tcp, st.Options.MaxUDPSize))
 	if err != nil {
-		h.log.Error("packing a response", "qname", m.Question, "err", err)
+		h.log.Error("packing a response", "question", m.Question, "err", err)
+		resp.Rcode = dns.RcodeServerFailure
 		out = headerOnly(buf, req.wire, dns.RcodeServerFailure)
 	}
+	h.metrics.count(zone, req.tcp, qtype, resp.Rcode, resp.Truncated, req.start)
 	w.write(out)
 }
 

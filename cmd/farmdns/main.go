@@ -19,6 +19,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/farmdns/farmdns/dnsserver"
 )
 
@@ -101,13 +105,17 @@ type server struct {
 	dns     *dnsserver.Server
 	web     *http.Server
 	webLn   net.Listener
+	reg     *prometheus.Registry
+
+	reloadOK   prometheus.Gauge
+	reloadTime prometheus.Gauge
 	// reloaded, if set, is told the outcome of every reload.
 	reloaded chan<- error
 }
 
 func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) *server {
 	h := dnsserver.NewHandler(st, log)
-	return &server{
+	s := &server{
 		path:    path,
 		cfg:     cfg,
 		log:     log,
@@ -119,8 +127,25 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 			MaxTCPConns:    cfg.DNS.MaxTCPConnections,
 			Log:            log,
 		},
-		web: &http.Server{Handler: httpHandler(), ReadHeaderTimeout: 10 * time.Second},
+		reg: prometheus.NewRegistry(),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "farmdns_config_last_reload_successful",
+			Help: "1 if the last configuration reload succeeded (or none was tried), 0 if it failed and the previous configuration is still served.",
+		}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "farmdns_config_last_reload_timestamp_seconds",
+			Help: "When the configuration was last loaded successfully, start-up included.",
+		}),
 	}
+	s.reloadOK.Set(1)
+	s.reloadTime.SetToCurrentTime()
+	s.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		h.Collector(), s.reloadOK, s.reloadTime,
+	)
+	s.web = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	return s
 }
 
 // start binds every socket; nothing is served unless all of them bind.
@@ -166,9 +191,12 @@ func (s *server) run(ctx context.Context) error {
 func (s *server) reload() error {
 	cfg, st, err := load(s.path)
 	if err != nil {
+		s.reloadOK.Set(0)
 		s.log.Error("reload failed; still serving the previous configuration", "err", err)
 		return err
 	}
+	s.reloadOK.Set(1)
+	s.reloadTime.SetToCurrentTime()
 	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(s.cfg.DNS.Listen, ",") || cfg.HTTP.Listen != s.cfg.HTTP.Listen {
 		s.log.Warn("listen addresses changed; they take effect on restart")
 	}
@@ -178,8 +206,9 @@ func (s *server) reload() error {
 	return nil
 }
 
-func httpHandler() http.Handler {
+func (s *server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	})

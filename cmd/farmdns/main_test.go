@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -164,8 +166,27 @@ func TestServeAndReload(t *testing.T) {
 			t.Fatal("no reload")
 		}
 	}
+	metric := func(name string) string {
+		t.Helper()
+		resp, err := http.Get("http://" + srv.webLn.Addr().String() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return v
+			}
+		}
+		t.Fatalf("no %s in /metrics", name)
+		return ""
+	}
 	os.WriteFile(zone, []byte("garbage\n"), 0o644)
 	reloadAndWait(true)
+	if v := metric("farmdns_config_last_reload_successful"); v != "0" {
+		t.Errorf("after a failed reload farmdns_config_last_reload_successful is %s", v)
+	}
 	if r := ask(); len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.80" {
 		t.Fatalf("a broken reload changed what is served: %v", r)
 	}
@@ -173,6 +194,12 @@ func TestServeAndReload(t *testing.T) {
 	reloadAndWait(false)
 	if r := ask(); len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.81" {
 		t.Fatalf("a good reload was not taken: %v", r)
+	}
+	if v := metric("farmdns_config_last_reload_successful"); v != "1" {
+		t.Errorf("after a good reload farmdns_config_last_reload_successful is %s", v)
+	}
+	if v := metric(`farmdns_dns_requests_total{proto="udp",qtype="A",rcode="NOERROR",zone="farm.example.com."}`); v != "3" {
+		t.Errorf("queries counted: %s, want 3", v)
 	}
 	cancel()
 	select {

@@ -1,0 +1,197 @@
+package dnsserver
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The query path counts into plain atomics; a Collector turns them into
+// Prometheus series at scrape time. That keeps a query's bookkeeping to a few
+// atomic adds with no label hashing, and no series exists for a combination
+// that never happened.
+
+// qtypeNames are the query types counted by name; every other is "other".
+// A fixed set keeps the label's cardinality bounded whatever clients send.
+var qtypeNames = [...]string{"other", "A", "AAAA", "CNAME", "MX", "NS", "SOA", "TXT", "SRV", "PTR",
+	"CAA", "HTTPS", "SVCB", "DS", "DNSKEY", "ANY", "AXFR", "IXFR"}
+
+func qtypeIndex(t uint16) int {
+	switch t {
+	case dns.TypeA:
+		return 1
+	case dns.TypeAAAA:
+		return 2
+	case dns.TypeCNAME:
+		return 3
+	case dns.TypeMX:
+		return 4
+	case dns.TypeNS:
+		return 5
+	case dns.TypeSOA:
+		return 6
+	case dns.TypeTXT:
+		return 7
+	case dns.TypeSRV:
+		return 8
+	case dns.TypePTR:
+		return 9
+	case dns.TypeCAA:
+		return 10
+	case dns.TypeHTTPS:
+		return 11
+	case dns.TypeSVCB:
+		return 12
+	case dns.TypeDS:
+		return 13
+	case dns.TypeDNSKEY:
+		return 14
+	case dns.TypeANY:
+		return 15
+	case dns.TypeAXFR:
+		return 16
+	case dns.TypeIXFR:
+		return 17
+	}
+	return 0
+}
+
+const (
+	numRcodes = dns.RcodeBadVers + 1
+	noZone    = "none" // the zone label of queries for names in no zone
+)
+
+var protoNames = [2]string{"udp", "tcp"}
+
+// zoneCounters counts one zone's queries by transport, type and rcode.
+type zoneCounters [2][len(qtypeNames)][numRcodes]atomic.Uint64
+
+// metrics is the handler's bookkeeping.
+type metrics struct {
+	mu    sync.Mutex // serialises adding zones; readers never lock
+	zones atomic.Pointer[map[string]*zoneCounters]
+
+	truncated [2]atomic.Uint64
+	duration  [2]prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{}
+	m.zones.Store(&map[string]*zoneCounters{noZone: {}})
+	for i, p := range protoNames {
+		m.duration[i] = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "farmdns_dns_request_duration_seconds",
+			Help:        "Time from reading a query to having its reply ready to send (UDP: a sample of one query in 8).",
+			ConstLabels: prometheus.Labels{"proto": p},
+			// 1 µs to 65 ms: a fast-path reply takes well under a microsecond.
+			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 9),
+		})
+	}
+	return m
+}
+
+// addZones makes counters for zones that have none yet. Counters of zones
+// that were removed stay, so that a reload never resets a counter.
+func (m *metrics) addZones(st *State) {
+	if st.Zones == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.zones.Load()
+	grown := false
+	for _, z := range st.Zones.Zones() {
+		if old[z.Origin] == nil {
+			grown = true
+		}
+	}
+	if !grown {
+		return
+	}
+	next := make(map[string]*zoneCounters, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	for _, z := range st.Zones.Zones() {
+		if next[z.Origin] == nil {
+			next[z.Origin] = &zoneCounters{}
+		}
+	}
+	m.zones.Store(&next)
+}
+
+// count records one answered query.
+func (m *metrics) count(zone string, tcp bool, qtype uint16, rcode int, truncated bool, start time.Time) {
+	proto := 0
+	if tcp {
+		proto = 1
+	}
+	zc := (*m.zones.Load())[zone]
+	if zc == nil {
+		zc = (*m.zones.Load())[noZone]
+	}
+	if rcode < 0 || rcode >= numRcodes {
+		rcode = dns.RcodeServerFailure
+	}
+	zc[proto][qtypeIndex(qtype)][rcode].Add(1)
+	if truncated {
+		m.truncated[proto].Add(1)
+	}
+	if !start.IsZero() { // not every query is timed; see udpTimingSample
+		m.duration[proto].Observe(time.Since(start).Seconds())
+	}
+}
+
+var (
+	requestsDesc  = prometheus.NewDesc("farmdns_dns_requests_total", "DNS queries answered, by zone, transport, query type and rcode.", []string{"zone", "proto", "qtype", "rcode"}, nil)
+	truncatedDesc = prometheus.NewDesc("farmdns_dns_truncated_total", "UDP replies sent with TC set.", []string{"proto"}, nil)
+	panicsDesc    = prometheus.NewDesc("farmdns_dns_panics_total", "Queries whose handling panicked; each was answered SERVFAIL.", nil, nil)
+)
+
+// collector exposes a Handler's counters.
+type collector struct{ h *Handler }
+
+// Collector returns the Prometheus collector of the handler's query metrics.
+func (h *Handler) Collector() prometheus.Collector { return collector{h} }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- requestsDesc
+	ch <- truncatedDesc
+	ch <- panicsDesc
+	for _, d := range c.h.metrics.duration {
+		d.Describe(ch)
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	m := c.h.metrics
+	for zone, zc := range *m.zones.Load() {
+		for p := range zc {
+			for q := range zc[p] {
+				for r := range zc[p][q] {
+					if n := zc[p][q][r].Load(); n > 0 {
+						ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(n),
+							zone, protoNames[p], qtypeNames[q], rcodeName(r))
+					}
+				}
+			}
+		}
+	}
+	for p, name := range protoNames {
+		ch <- prometheus.MustNewConstMetric(truncatedDesc, prometheus.CounterValue, float64(m.truncated[p].Load()), name)
+		m.duration[p].Collect(ch)
+	}
+	ch <- prometheus.MustNewConstMetric(panicsDesc, prometheus.CounterValue, float64(c.h.panics.Load()))
+}
+
+// rcodeName names an rcode; 16 is BADVERS in a reply to a query (miekg/dns
+// names it BADSIG, its meaning in TSIG).
+func rcodeName(r int) string {
+	if r == dns.RcodeBadVers {
+		return "BADVERS"
+	}
+	return dns.RcodeToString[r]
+}
