@@ -58,8 +58,9 @@ func NewState(zs *zones.Set, opts Options) *State {
 type Handler struct {
 	state   atomic.Pointer[State]
 	log     *slog.Logger
-	panics  atomic.Uint64
-	metrics *metrics
+	panics   atomic.Uint64
+	metrics  *metrics
+	queryLog queryLog
 }
 
 // NewHandler returns a handler serving st.
@@ -79,6 +80,12 @@ func (h *Handler) Swap(st *State) {
 
 // Panics returns how many queries made the handler panic.
 func (h *Handler) Panics() uint64 { return h.panics.Load() }
+
+// SetQueryLog logs one query in every (0: none) at info level, from now on.
+func (h *Handler) SetQueryLog(every uint32) { h.queryLog.every.Store(every) }
+
+// QueryLog returns the query log's sampling: one query in every; 0 when off.
+func (h *Handler) QueryLog() uint32 { return h.queryLog.every.Load() }
 
 // State returns the state being served.
 func (h *Handler) State() *State { return h.state.Load() }
@@ -110,38 +117,61 @@ func (h *Handler) serve(w writer, buf []byte, req request) {
 			}
 		}
 	}()
+	logged := h.queryLog.sample()
+	if logged && req.start.IsZero() {
+		req.start = time.Now()
+	}
+	out, info := h.respond(w, buf, req)
+	if out != nil {
+		w.write(out)
+	}
+	if info.answered {
+		h.metrics.count(info.zone, req.tcp, info.qtype, info.rcode, info.truncated, req.start)
+		if logged {
+			h.queryLog.write(h.log, req, out, info)
+		}
+	}
+}
+
+// replyInfo says what a reply was, for metrics and the query log.
+type replyInfo struct {
+	answered  bool // false: the packet was dropped
+	zone      string
+	qtype     uint16
+	rcode     int
+	truncated bool
+	fast      bool
+}
+
+// respond works out the reply to one query. It returns nil for no reply, or
+// for a zone transfer, which it writes itself as several messages.
+func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo) {
 	st := h.state.Load()
 	if len(req.wire) < headerLen || req.wire[2]&0x80 != 0 {
-		return // not a query: answering responses invites loops
+		return nil, replyInfo{} // not a query: answering responses invites loops
 	}
 	if st.prepared != nil {
 		if out, a, ok := fastAnswer(st, buf, req.wire, req.tcp); ok {
-			h.metrics.count(a.zone, req.tcp, a.qtype, int(a.flags&0xF), false, req.start)
-			w.write(out)
-			return
+			return out, replyInfo{answered: true, zone: a.zone, qtype: a.qtype, rcode: int(a.flags & 0xF), fast: true}
 		}
 	}
 	m := new(dns.Msg)
 	if !wellFormed(req.wire) || m.Unpack(req.wire) != nil {
-		h.metrics.count(noZone, req.tcp, 0, dns.RcodeFormatError, false, req.start)
-		w.write(headerOnly(buf, req.wire, dns.RcodeFormatError))
-		return
+		return headerOnly(buf, req.wire, dns.RcodeFormatError), replyInfo{answered: true, zone: noZone, rcode: dns.RcodeFormatError}
 	}
-	qtype := uint16(0)
+	info := replyInfo{answered: true, zone: noZone}
 	if len(m.Question) > 0 {
-		qtype = m.Question[0].Qtype
+		info.qtype = m.Question[0].Qtype
 	}
 	if isTransfer(m) && req.tcp {
 		if z, rcode := h.transferZone(st, m, req); z != nil {
-			h.metrics.count(z.Origin, true, qtype, dns.RcodeSuccess, false, req.start)
+			info.zone = z.Origin
 			transfer(w, buf, m, z)
-			return
+			return nil, info
 		} else if rcode != dns.RcodeSuccess {
-			h.metrics.count(noZone, true, qtype, rcode, false, req.start)
-			if resp, err := refuse(m, rcode).PackBuffer(buf); err == nil {
-				w.write(resp)
-			}
-			return
+			info.rcode = rcode
+			out, _ := refuse(m, rcode).PackBuffer(buf)
+			return out, info
 		}
 	}
 	resp, zone := answer(st, m, req)
@@ -151,8 +181,8 @@ func (h *Handler) serve(w writer, buf []byte, req request) {
 		resp.Rcode = dns.RcodeServerFailure
 		out = headerOnly(buf, req.wire, dns.RcodeServerFailure)
 	}
-	h.metrics.count(zone, req.tcp, qtype, resp.Rcode, resp.Truncated, req.start)
-	w.write(out)
+	info.zone, info.rcode, info.truncated = zone, resp.Rcode, resp.Truncated
+	return out, info
 }
 
 const headerLen = 12

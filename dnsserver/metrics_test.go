@@ -1,6 +1,7 @@
 package dnsserver
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -44,5 +45,32 @@ farmdns_dns_truncated_total{proto="udp"} 1
 	problems, err := testutil.CollectAndLint(h.Collector())
 	if err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", err, problems)
+	}
+}
+
+func TestQueryLog(t *testing.T) {
+	var buf strings.Builder
+	h := NewHandler(testState(t), slog.New(slog.NewTextHandler(&buf, nil)))
+	serveMsg(t, h, query("www.example.org.", dns.TypeA), false)
+	if buf.Len() != 0 {
+		t.Fatalf("logged while off: %s", buf.String())
+	}
+	h.SetQueryLog(2)
+	for range 4 {
+		serveMsg(t, h, query("www.example.org.", dns.TypeA), false)
+	}
+	serveMsg(t, h, query("nope.example.org.", dns.TypeA), false)
+	serveMsg(t, h, query("nope.example.org.", dns.TypeA), false)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("%d lines for 6 queries sampled 1 in 2:\n%s", len(lines), buf.String())
+	}
+	for _, want := range []string{"qname=www.example.org.", "qtype=A", "rcode=NOERROR", "answers=\"[example.org. 192.0.2.1]\"", "path=fast", "client=127.0.0.1"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("line lacks %s: %s", want, lines[0])
+		}
+	}
+	if !strings.Contains(lines[2], "rcode=NXDOMAIN") || !strings.Contains(lines[2], "path=slow") {
+		t.Errorf("NXDOMAIN line: %s", lines[2])
 	}
 }

@@ -155,3 +155,17 @@ func TestShutdownAnswersQueryInHand(t *testing.T) {
 		t.Error("still accepting after shutdown")
 	}
 }
+
+func TestIPv6Loopback(t *testing.T) {
+	srv := &Server{Handler: NewHandler(testState(t), testLogger(t)), Addrs: []string{"[::1]:0"}}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	defer srv.Shutdown(context.Background())
+	addr := srv.BoundAddrs()[0].String()
+	for _, network := range []string{"udp", "tcp"} {
+		if r := exchange(t, network, addr, query("example.org.", dns.TypeAAAA)); len(r.Answer) != 1 {
+			t.Errorf("%s over IPv6: %v", network, r)
+		}
+	}
+}

@@ -55,6 +55,9 @@ type HTTPConfig struct {
 // LogConfig is the `log:` block.
 type LogConfig struct {
 	Level string `yaml:"level"` // debug, info, warn, error
+	// QuerySample is how many queries the query log's one line stands for
+	// when it is switched on (SIGUSR1 or POST /debug/querylog).
+	QuerySample uint32 `yaml:"query_sample"`
 }
 
 // ZoneConfig is one entry of `zones:`.
@@ -120,6 +123,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
+	}
+	if c.Log.QuerySample == 0 {
+		c.Log.QuerySample = 1
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -169,8 +170,13 @@ func (s *server) run(ctx context.Context) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
 	for {
 		select {
+		case <-usr1:
+			s.toggleQueryLog()
 		case <-hup:
 			err := s.reload()
 			if s.reloaded != nil {
@@ -206,8 +212,33 @@ func (s *server) reload() error {
 	return nil
 }
 
+// toggleQueryLog switches the query log off if on, on if off.
+func (s *server) toggleQueryLog() {
+	every := uint32(0)
+	if s.handler.QueryLog() == 0 {
+		every = s.cfg.Log.QuerySample
+	}
+	s.handler.SetQueryLog(every)
+	s.log.Info("query log", "on", every > 0, "one_in", every)
+}
+
+// queryLogHTTP shows (GET) or sets (POST every=N, 0 for off) the query log.
+func (s *server) queryLogHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost {
+		every, err := strconv.ParseUint(r.FormValue("every"), 10, 32)
+		if err != nil {
+			http.Error(w, "every: want a whole number, 0 for off", http.StatusBadRequest)
+			return
+		}
+		s.handler.SetQueryLog(uint32(every))
+		s.log.Info("query log", "on", every > 0, "one_in", every)
+	}
+	fmt.Fprintf(w, "every %d\n", s.handler.QueryLog())
+}
+
 func (s *server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/querylog", s.queryLogHTTP)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,6 +201,25 @@ func TestServeAndReload(t *testing.T) {
 	}
 	if v := metric(`farmdns_dns_requests_total{proto="udp",qtype="A",rcode="NOERROR",zone="farm.example.com."}`); v != "3" {
 		t.Errorf("queries counted: %s, want 3", v)
+	}
+	// The query log switches on and off over HTTP and with SIGUSR1.
+	qlog := "http://" + srv.webLn.Addr().String() + "/debug/querylog"
+	if resp, err := http.PostForm(qlog, url.Values{"every": {"10"}}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST %s: %v %v", qlog, resp, err)
+	}
+	if srv.handler.QueryLog() != 10 {
+		t.Errorf("query log every %d after POST every=10", srv.handler.QueryLog())
+	}
+	if resp, _ := http.PostForm(qlog, url.Values{"every": {"lots"}}); resp == nil || resp.StatusCode != 400 {
+		t.Errorf("bad every accepted: %v", resp)
+	}
+	srv.toggleQueryLog()
+	if srv.handler.QueryLog() != 0 {
+		t.Error("toggle did not switch the query log off")
+	}
+	srv.toggleQueryLog()
+	if srv.handler.QueryLog() != 1 {
+		t.Error("toggle did not switch the query log on at log.query_sample")
 	}
 	cancel()
 	select {
