@@ -56,8 +56,8 @@ func NewState(zs *zones.Set, opts Options) *State {
 // Handler answers DNS messages from the current State. It is safe for
 // concurrent use; the query path takes no locks.
 type Handler struct {
-	state   atomic.Pointer[State]
-	log     *slog.Logger
+	state    atomic.Pointer[State]
+	log      *slog.Logger
 	panics   atomic.Uint64
 	metrics  *metrics
 	queryLog queryLog
