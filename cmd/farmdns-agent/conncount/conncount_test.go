@@ -75,7 +75,7 @@ func newNetlinkCounter(t testing.TB, kernelFilter bool, ports ...uint16) *Counte
 	if err != nil {
 		t.Skipf("netlink sock_diag unavailable: %v", err)
 	}
-	c := &Counter{method: Netlink, src: src, prev: map[uint64]struct{}{}, cur: map[uint64]struct{}{}}
+	c := &Counter{method: Netlink, src: src}
 	t.Cleanup(func() { c.Close() })
 	return c
 }
