@@ -374,7 +374,7 @@ func (l *loop) query(ctx context.Context, index uint64) (update, uint64, error) 
 		var entries []*api.ServiceEntry
 		entries, meta, err = l.w.client.Health().Service(l.name, "", false, opts)
 		if err == nil {
-			ins := instancesFromEntries(entries)
+			ins := instancesFromEntries(entries, cfg.LoadPrefix, l.name)
 			u.changed = !l.have || !instancesEqual(ins, l.prevIns)
 			empty = len(ins) == 0 && len(l.prevIns) > 0
 			u.ins = ins
