@@ -107,10 +107,10 @@ func Start(t testing.TB, opts ...Option) *Agent {
 		t.Logf("consultest: start consul (attempt %d): %v; retrying on other ports", attempt, err)
 	}
 	t.Cleanup(func() {
-		a.kill()
 		if t.Failed() {
 			t.Logf("consultest: consul log tail:\n%s", a.logTail())
 		}
+		a.kill()
 	})
 	return a
 }
