@@ -230,3 +230,20 @@ func TestNewErrors(t *testing.T) {
 		t.Error("bogus method: no error")
 	}
 }
+
+func TestCountNew(t *testing.T) {
+	for _, tc := range []struct {
+		prev, cur []uint64
+		want      int
+	}{
+		{nil, nil, 0},
+		{nil, []uint64{1, 2}, 2},
+		{[]uint64{1, 2}, nil, 0},
+		{[]uint64{1, 3, 5}, []uint64{1, 2, 3, 4, 5, 6}, 3},
+		{[]uint64{2, 4}, []uint64{1, 4, 9}, 2},
+	} {
+		if got := countNew(tc.prev, tc.cur); got != tc.want {
+			t.Errorf("countNew(%v, %v) = %d, want %d", tc.prev, tc.cur, got, tc.want)
+		}
+	}
+}
