@@ -29,11 +29,16 @@ type sample struct {
 
 // reportStatus is what the reporting side last knew, for /healthz.
 type reportStatus struct {
-	Node      string    `json:"node,omitempty"`
-	ServiceID string    `json:"service_id,omitempty"`
-	Consul    string    `json:"consul"` // unknown, ok or failing
+	// Node and ServiceID are the resolved identity ("" until Consul answers).
+	Node string `json:"node,omitempty"`
+	// ServiceID is the instance whose load is reported.
+	ServiceID string `json:"service_id,omitempty"`
+	// Consul is unknown, ok or failing.
+	Consul string `json:"consul"`
+	// LastWrite is when the last load report was written.
 	LastWrite time.Time `json:"last_write,omitzero"`
-	Draining  bool      `json:"draining"`
+	// Draining is true once a drain has been requested.
+	Draining bool `json:"draining"`
 }
 
 // Agent counts connections and reports them to Consul. Create it with
@@ -225,7 +230,9 @@ func (a *Agent) step(ctx context.Context, st *reporter, now time.Time) (drained 
 			return false
 		}
 	}
-	if !st.startedUp {
+	// A drain requested before Consul ever answered must not register the
+	// instance first.
+	if !st.startedUp && !st.draining {
 		if err := a.startUp(ctx, st, now); err != nil {
 			return false
 		}
@@ -303,11 +310,15 @@ func (a *Agent) startUp(ctx context.Context, st *reporter, now time.Time) error 
 	cctx, cancel := context.WithTimeout(ctx, consulTimeout)
 	lifted, err := a.rep.DisableOwnMaintenance(cctx, st.id)
 	cancel()
-	if err != nil {
+	switch {
+	case errors.Is(err, health.ErrDenied):
+		// A token limited to writing load reports may not read the
+		// agent's checks; reporting matters more than this tidy-up.
+		a.log.Warn("cannot check for a maintenance mode left by an earlier drain", "err", err)
+	case err != nil:
 		a.fail(st, now, opMaintenance, err)
 		return err
-	}
-	if lifted {
+	case lifted:
 		a.log.Info("lifted the maintenance mode left by an earlier drain", "service_id", st.id)
 	}
 	a.succeed(st, now)
@@ -369,9 +380,13 @@ func (a *Agent) passTTL(ctx context.Context, st *reporter, now time.Time) error 
 	cctx, cancel := context.WithTimeout(ctx, consulTimeout)
 	err := a.rep.SetTTL(cctx, st.id, ok, note)
 	cancel()
-	if errors.Is(err, health.ErrNotRegistered) && !st.draining {
+	if errors.Is(err, health.ErrNotRegistered) {
+		// Consul answers but lost the instance: not an outage. Register
+		// again (unless draining), and pass the new check after that.
+		a.succeed(st, now)
 		st.registered = false
 		st.nextRegChk = time.Time{}
+		return nil
 	}
 	if err != nil {
 		a.fail(st, now, opTTL, err)

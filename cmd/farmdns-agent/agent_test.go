@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -577,4 +579,76 @@ func TestHTTPEndpoints(t *testing.T) {
 	if _, ok := h.report(); ok {
 		t.Error("load report left after the drain")
 	}
+}
+
+// TestAgentDrainWhileConsulDown: a drain requested before Consul ever
+// answered still ends, after the grace period (a connection stays open).
+func TestAgentDrainWhileConsulDown(t *testing.T) {
+	consul := consultest.Start(t)
+	h := newHarness(t, consul, func(c *Config) {
+		grace := 300 * time.Millisecond
+		c.Drain.Grace = &grace
+	})
+	consul.Stop()
+	h.app.dial(1)
+	h.start()
+	waitFor(t, "a count", func() (bool, string) { return h.agent.latest.Load() != nil, "" })
+	asked := time.Now()
+	h.agent.RequestDrain(false)
+	select {
+	case err := <-h.done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.done <- nil
+	case <-time.After(waitBound):
+		t.Fatal("drain with Consul down did not end")
+	}
+	if took := time.Since(asked); took < h.cfg.grace {
+		t.Errorf("drain ended after %v, before the grace period %v", took, h.cfg.grace)
+	}
+}
+
+// TestAgentLimitedToken: a token that may only write load reports (no
+// agent:read, so no node name and no checks) still gets reports written,
+// under the hostname.
+func TestAgentLimitedToken(t *testing.T) {
+	consul := consultest.Start(t, consultest.WithACL())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	wo := (&api.WriteOptions{}).WithContext(ctx)
+	pol, _, err := consul.Client.ACL().PolicyCreate(&api.ACLPolicy{
+		Name:  "load-writer",
+		Rules: `key_prefix "farmdns/load/" { policy = "write" }`,
+	}, wo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := consul.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, wo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(tok.SecretID+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, consul, func(c *Config) {
+		c.Consul.TokenFile = tokenFile
+		c.Service.Register = false
+	})
+	h.app.dial(3)
+	h.start()
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := health.LoadKey(h.cfg.prefix, "ws", host, "ws-"+host)
+	waitFor(t, "a report under the hostname", func() (bool, string) {
+		kv, _, err := consul.Client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil || kv == nil {
+			return false, fmt.Sprint(err)
+		}
+		r, err := health.ParseLoadReport(kv.Value)
+		return err == nil && r.Connections == 3, string(kv.Value)
+	})
 }

@@ -11,13 +11,20 @@ import (
 
 // healthz is the /healthz document.
 type healthz struct {
-	Status      string        `json:"status"` // ok or failing
-	Source      string        `json:"source"`
-	Connections int64         `json:"connections"`
-	Accepted    int64         `json:"accepted"`
-	Counted     time.Time     `json:"counted,omitzero"`
-	CountError  string        `json:"count_error,omitempty"`
-	Report      *reportStatus `json:"report"`
+	// Status is ok or failing (counting).
+	Status string `json:"status"`
+	// Source is how connections are counted (netlink, proc, http, file).
+	Source string `json:"source"`
+	// Connections and Accepted are from the last successful count.
+	Connections int64 `json:"connections"`
+	// Accepted is the cumulative accepted count.
+	Accepted int64 `json:"accepted"`
+	// Counted is when the last successful count was taken.
+	Counted time.Time `json:"counted,omitzero"`
+	// CountError is the last counting error, if the last count failed.
+	CountError string `json:"count_error,omitempty"`
+	// Report is the reporting side's state.
+	Report *reportStatus `json:"report"`
 }
 
 // handler serves /metrics, /healthz and POST /drain.
