@@ -214,9 +214,12 @@ func TestScale(t *testing.T) {
 	runtime.ReadMemStats(&ms0)
 	t0 := time.Now()
 	for s := w.Snapshot(); time.Since(t0) < window; s = w.Snapshot() {
-		// Freshness: for a sample of 100 targets, the time from the report's
-		// own stamp (taken just before the write) to the snapshot holding it.
-		for _, tg := range s.Pool(scaleService).Targets()[:100] {
+		// Freshness: for 100 targets spread over all the writer's slices, the
+		// time from the report's own stamp (taken just before the write) to
+		// the snapshot holding it.
+		targets := s.Pool(scaleService).Targets()
+		for i := 0; i < len(targets); i += len(targets) / 100 {
+			tg := targets[i]
 			if prev, ok := seen[tg.ServiceID]; !ok || !prev.Equal(tg.Load.Updated) {
 				if ok {
 					lags = append(lags, s.Built().Sub(tg.Load.Updated))
