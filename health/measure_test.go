@@ -196,7 +196,7 @@ func TestScale(t *testing.T) {
 	writer := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestLoadWriterHelper$", "-test.v")
 	writer.Env = append(os.Environ(),
 		"FARMDNS_LOADWRITER_ADDR="+a.Addr,
-		"FARMDNS_LOADWRITER_SECONDS="+strconv.Itoa(int(window/time.Second)+4))
+		"FARMDNS_LOADWRITER_SECONDS="+strconv.Itoa(int(window/time.Second)+4+10))
 	writer.Stdout, writer.Stderr = os.Stderr, os.Stderr
 	if err := writer.Start(); err != nil {
 		t.Fatal(err)
@@ -214,9 +214,12 @@ func TestScale(t *testing.T) {
 	runtime.ReadMemStats(&ms0)
 	t0 := time.Now()
 	for s := w.Snapshot(); time.Since(t0) < window; s = w.Snapshot() {
-		// Freshness: for a sample of 100 targets, the time from the report's
-		// own stamp (taken just before the write) to the snapshot holding it.
-		for _, tg := range s.Pool(scaleService).Targets()[:100] {
+		// Freshness: for 100 targets spread over all the writer's slices, the
+		// time from the report's own stamp (taken just before the write) to
+		// the snapshot holding it.
+		targets := s.Pool(scaleService).Targets()
+		for i := 0; i < len(targets); i += len(targets) / 100 {
+			tg := targets[i]
 			if prev, ok := seen[tg.ServiceID]; !ok || !prev.Equal(tg.Load.Updated) {
 				if ok {
 					lags = append(lags, s.Built().Sub(tg.Load.Updated))
@@ -249,6 +252,23 @@ func TestScale(t *testing.T) {
 	t.Logf("  Consul agent CPU: %.1f%% of one core", 100*(consul1-consul0).Seconds()/sec)
 	t.Logf("  Go heap in use: %.1f MB; allocated %.1f MB/s", float64(ms1.HeapInuse)/1e6, float64(ms1.TotalAlloc-ms0.TotalAlloc)/sec/1e6)
 	t.Logf("  final pool: %+v", c)
+
+	// Health changes while the loads keep churning: each one makes Consul
+	// send the whole 5,000-entry service again.
+	var flips []time.Duration
+	for i := range 20 {
+		node, id := scaleKey(i * 97)
+		status, want := api.HealthCritical, health.HealthCritical
+		if i%2 == 1 {
+			node, id = scaleKey((i - 1) * 97)
+			status, want = api.HealthPassing, health.HealthPassing
+		}
+		start := time.Now()
+		a.SetCheck(t, node, id, consultest.ServiceCheckID(id), status)
+		waitSnapshot(t, w, "health flip at scale", targetIs(scaleService, id, func(t *health.Target) bool { return t.Health == want }))
+		flips = append(flips, time.Since(start))
+	}
+	t.Logf("  health check write to snapshot, under the load churn: %s", percentiles(flips))
 	if c.Targets != scaleInstances || c.LoadKnown+c.LoadStale != scaleInstances {
 		t.Errorf("pool lost targets or loads: %+v", c)
 	}
