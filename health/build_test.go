@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"gopkg.in/yaml.v3"
 )
 
 // countingHandler counts log records by level and keeps their messages.
@@ -415,5 +416,27 @@ func BenchmarkBuild(b *testing.B) {
 				prev = s
 			}
 		})
+	}
+}
+
+func TestWatcherConfigYAML(t *testing.T) {
+	src := `
+services:
+  - name: web
+    default_capacity: 20000
+  - name: mail
+load_prefix: farm/load
+max_report_age: 45s
+max_staleness: 10m
+`
+	var c WatcherConfig
+	dec := yaml.NewDecoder(strings.NewReader(src))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Services) != 2 || c.Services[0] != (ServiceConfig{Name: "web", DefaultCapacity: 20000}) ||
+		c.LoadPrefix != "farm/load" || c.MaxReportAge != 45*time.Second || c.MaxStaleness != 10*time.Minute {
+		t.Errorf("decoded %+v", c)
 	}
 }
