@@ -145,6 +145,10 @@ type builder struct {
 
 	malformedTotal      uint64
 	invalidAddressTotal uint64
+
+	// reportLag, if set, is told how old each new load report is when it
+	// reaches the builder: the reporter's count to farmdns's view of it.
+	reportLag func(time.Duration)
 }
 
 func newBuilder(cfg *WatcherConfig, log *slog.Logger) *builder {
@@ -167,6 +171,8 @@ func (b *builder) setKV(pairs []kvPair) {
 		if err != nil {
 			b.malformedTotal++
 			b.log.Warn("malformed load report; treating the load as unknown", "key", p.key, "err", err)
+		} else if b.reportLag != nil {
+			b.reportLag(time.Since(r.Updated))
 		}
 		next[p.key] = parsedReport{value: p.value, report: r, err: err}
 	}

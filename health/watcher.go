@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of WatcherConfig.
@@ -128,6 +129,8 @@ type Watcher struct {
 	running atomic.Bool
 	snap    atomic.Pointer[Snapshot]
 	status  atomic.Pointer[Status]
+
+	reportLag prometheus.Histogram
 }
 
 // NewWatcher validates cfg and returns a watcher serving an empty snapshot
@@ -143,7 +146,7 @@ func NewWatcher(cfg WatcherConfig, client *api.Client, log *slog.Logger) (*Watch
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := &Watcher{cfg: cfg, client: client, log: log}
+	w := &Watcher{cfg: cfg, client: client, log: log, reportLag: newReportLag()}
 	snap, _ := newBuilder(&w.cfg, log).build(0, time.Now())
 	w.snap.Store(snap)
 	w.status.Store(&Status{MaxStaleness: cfg.MaxStaleness, DataSets: w.initialDataSets()})
@@ -205,6 +208,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 
 	b := newBuilder(&w.cfg, w.log)
+	b.reportLag = func(d time.Duration) { w.reportLag.Observe(d.Seconds()) }
 	staleTimer := time.NewTimer(time.Hour)
 	staleTimer.Stop()
 	defer staleTimer.Stop()

@@ -9,6 +9,9 @@ import (
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/health/consultest"
 	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // TestWatcher runs the behaviours that can share one Consul agent; each
@@ -174,6 +177,39 @@ func TestWatcher(t *testing.T) {
 		s := waitSnapshot(t, w, "unmatched report counted", func(s *health.Snapshot) bool { return s.UnmatchedReports() == 1 })
 		if n := len(s.Pool("kvload").Targets()); n != 1 {
 			t.Errorf("unmatched report changed the pool: %d targets", n)
+		}
+	})
+
+	t.Run("Metrics", func(t *testing.T) {
+		t.Parallel()
+		w, prefix := watch(t, "metrics", 0)
+		a.Register(t, consultest.Instance{Node: "m-n1", NodeAddress: "127.0.0.35", Service: "metrics", ID: "m-1", Port: 80})
+		putReport(t, a, prefix, "metrics", "m-n1", "m-1", 9, 9, 0, time.Now().Add(-2*time.Second))
+		waitSnapshot(t, w, "report seen", targetIs("metrics", "m-1", func(t *health.Target) bool { return t.Load.Connections == 9 }))
+		c := w.Collector()
+		if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+			t.Errorf("lint: %v %v", err, problems)
+		}
+		want := "\n# HELP farmdns_consul_ready 1 while every data set has been read within max_staleness; 0 means the answers rest on old data.\n# TYPE farmdns_consul_ready gauge\nfarmdns_consul_ready 1\n"
+		if err := testutil.CollectAndCompare(c, strings.NewReader(want), "farmdns_consul_ready"); err != nil {
+			t.Error(err)
+		}
+		if n := testutil.CollectAndCount(c, "farmdns_consul_last_sync_timestamp_seconds"); n != 2 {
+			t.Errorf("%d last-sync series, want one for the KV prefix and one for the service", n)
+		}
+		// The report was counted two seconds before it was written: the lag
+		// histogram holds one observation of at least that.
+		all := make(chan prometheus.Metric, 100)
+		c.Collect(all)
+		close(all)
+		for pm := range all {
+			if !strings.Contains(pm.Desc().String(), `"farmdns_consul_propagation_lag_seconds"`) {
+				continue
+			}
+			var m dto.Metric
+			if err := pm.Write(&m); err != nil || m.Histogram.GetSampleCount() != 1 || m.Histogram.GetSampleSum() < 2 {
+				t.Errorf("lag histogram %v (%v), want one sample of at least 2 s", m.Histogram, err)
+			}
 		}
 	})
 
