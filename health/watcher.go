@@ -1,0 +1,459 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Defaults of WatcherConfig.
+const (
+	DefaultMaxReportAge = 30 * time.Second
+	DefaultMaxStaleness = 5 * time.Minute
+	DefaultMaxWaitTime  = time.Minute
+	DefaultMinInterval  = 100 * time.Millisecond
+	maxBackoff          = 10 * time.Second
+	minBackoff          = 200 * time.Millisecond
+)
+
+// ServiceConfig is one Consul service farmdns answers for.
+type ServiceConfig struct {
+	// Name is the Consul service name.
+	Name string `yaml:"name"`
+	// DefaultCapacity applies to instances that report no capacity; 0 means unlimited.
+	DefaultCapacity int64 `yaml:"default_capacity"`
+}
+
+// WatcherConfig configures a Watcher. Zero durations take the defaults.
+type WatcherConfig struct {
+	// Services are the Consul services to watch.
+	Services []ServiceConfig `yaml:"services"`
+	// LoadPrefix is the KV prefix of load reports (default DefaultLoadPrefix).
+	LoadPrefix string `yaml:"load_prefix"`
+	// MaxReportAge is the age beyond which a load report is stale (default 30 s).
+	MaxReportAge time.Duration `yaml:"max_report_age"`
+	// MaxStaleness is how long the data may go without a successful Consul
+	// read before Ready reports false (default 5 min). Data is served regardless.
+	MaxStaleness time.Duration `yaml:"max_staleness"`
+	// AllowStale lets any Consul server answer; nil means true. Wire it from
+	// ConsulConfig.AllowStale.
+	AllowStale *bool `yaml:"-"`
+	// WaitTime bounds each blocking query (default min(1 min, MaxStaleness/4),
+	// so that a quiet but healthy Consul still refreshes the sync status well
+	// within MaxStaleness).
+	WaitTime time.Duration `yaml:"-"`
+	// MinInterval is the least time between two queries of one loop (default
+	// 100 ms): a busy data set is read at most ten times a second, and a
+	// change still shows within a second.
+	MinInterval time.Duration `yaml:"-"`
+}
+
+// withDefaults fills zero fields and validates; errors name the YAML keys.
+func (c WatcherConfig) withDefaults() (WatcherConfig, error) {
+	var errs []error
+	if c.LoadPrefix == "" {
+		c.LoadPrefix = DefaultLoadPrefix
+	}
+	c.LoadPrefix = strings.Trim(path.Clean("/"+c.LoadPrefix), "/")
+	if c.LoadPrefix == "" {
+		errs = append(errs, errors.New("load_prefix: must not be the KV root"))
+	}
+	c.MaxReportAge = cmpOr(c.MaxReportAge, DefaultMaxReportAge)
+	c.MaxStaleness = cmpOr(c.MaxStaleness, DefaultMaxStaleness)
+	c.WaitTime = cmpOr(c.WaitTime, min(DefaultMaxWaitTime, c.MaxStaleness/4))
+	c.MinInterval = cmpOr(c.MinInterval, DefaultMinInterval)
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"max_report_age", c.MaxReportAge}, {"max_staleness", c.MaxStaleness}, {"wait_time", c.WaitTime}, {"min_interval", c.MinInterval}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %v is negative", d.key, d.v))
+		}
+	}
+	if c.WaitTime > c.MaxStaleness/2 {
+		errs = append(errs, fmt.Errorf("wait_time: %v exceeds half of max_staleness %v", c.WaitTime, c.MaxStaleness))
+	}
+	seen := map[string]bool{}
+	c.Services = append([]ServiceConfig(nil), c.Services...) // never alias the caller's slice
+	for i, s := range c.Services {
+		switch {
+		case s.Name == "":
+			errs = append(errs, fmt.Errorf("services[%d].name: empty", i))
+		case strings.ContainsAny(s.Name, "/?#"):
+			errs = append(errs, fmt.Errorf("services[%d].name: %q is not a Consul service name", i, s.Name))
+		case seen[s.Name]:
+			errs = append(errs, fmt.Errorf("services[%d].name: %q listed twice", i, s.Name))
+		}
+		seen[s.Name] = true
+		if s.DefaultCapacity < 0 {
+			errs = append(errs, fmt.Errorf("services[%d].default_capacity: %d is negative", i, s.DefaultCapacity))
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+func cmpOr(v, def time.Duration) time.Duration {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// Watcher keeps an up-to-date Snapshot of the watched services from Consul
+// blocking queries: one long-poll loop per service and one over the KV load
+// prefix. Readers call Snapshot, an atomic load.
+type Watcher struct {
+	cfg     WatcherConfig
+	client  *api.Client
+	log     *slog.Logger
+	running atomic.Bool
+	snap    atomic.Pointer[Snapshot]
+	status  atomic.Pointer[Status]
+}
+
+// NewWatcher validates cfg and returns a watcher serving an empty snapshot
+// until Run has heard from Consul. It starts nothing.
+func NewWatcher(cfg WatcherConfig, client *api.Client, log *slog.Logger) (*Watcher, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("health: %w", err)
+	}
+	if client == nil {
+		return nil, errors.New("health: nil Consul client")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	w := &Watcher{cfg: cfg, client: client, log: log}
+	snap, _ := newBuilder(&w.cfg, log).build(0, time.Now())
+	w.snap.Store(snap)
+	w.status.Store(&Status{MaxStaleness: cfg.MaxStaleness, DataSets: w.initialDataSets()})
+	return w, nil
+}
+
+func (w *Watcher) initialDataSets() []DataSetStatus {
+	ds := []DataSetStatus{{Kind: DataSetKV, Name: w.cfg.LoadPrefix}}
+	names := make([]string, 0, len(w.cfg.Services))
+	for _, s := range w.cfg.Services {
+		names = append(names, s.Name)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		ds = append(ds, DataSetStatus{Kind: DataSetService, Name: n})
+	}
+	return ds
+}
+
+// Snapshot returns the current snapshot. It never blocks and never calls Consul.
+func (w *Watcher) Snapshot() *Snapshot { return w.snap.Load() }
+
+// Status returns the current sync status and counters.
+func (w *Watcher) Status() *Status { return w.status.Load() }
+
+// Ready reports whether the data is fresh enough (see Status.Ready).
+func (w *Watcher) Ready() (bool, string) { return w.status.Load().Ready(time.Now()) }
+
+// update is what a loop tells the builder after each query.
+type update struct {
+	set     int // index into Status.DataSets
+	at      time.Time
+	index   uint64
+	err     error
+	changed bool
+	kv      []kvPair   // for the KV set, when changed
+	ins     []instance // for a service set, when changed
+}
+
+// Run watches Consul until ctx is done, then returns nil. It may be called once.
+func (w *Watcher) Run(ctx context.Context) error {
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("health: watcher already running")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	st := *w.status.Load()
+	st.Started = time.Now()
+	st.DataSets = append([]DataSetStatus(nil), st.DataSets...)
+	w.status.Store(&st)
+
+	updates := make(chan update, len(st.DataSets))
+	for i, d := range st.DataSets {
+		l := &loop{w: w, set: i, kind: d.Kind, name: d.Name, out: updates}
+		wg.Go(func() { l.run(ctx) })
+	}
+
+	b := newBuilder(&w.cfg, w.log)
+	staleTimer := time.NewTimer(time.Hour)
+	staleTimer.Stop()
+	defer staleTimer.Stop()
+	for {
+		var u update
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-staleTimer.C:
+			w.rebuild(b, staleTimer)
+			continue
+		case u = <-updates:
+		}
+		// Apply everything already queued before rebuilding once.
+		rebuild := w.apply(b, u)
+	drain:
+		for {
+			select {
+			case u = <-updates:
+				rebuild = w.apply(b, u) || rebuild
+			default:
+				break drain
+			}
+		}
+		if rebuild {
+			w.rebuild(b, staleTimer)
+		}
+	}
+}
+
+// apply records u in the status and the builder; it reports whether the
+// snapshot must be rebuilt.
+func (w *Watcher) apply(b *builder, u update) bool {
+	st := *w.status.Load()
+	st.DataSets = append([]DataSetStatus(nil), st.DataSets...)
+	d := &st.DataSets[u.set]
+	if u.err != nil {
+		d.LastError, d.LastErrorAt, d.Failing = u.err, u.at, true
+		d.Errors++
+	} else {
+		d.LastSuccess, d.Index, d.Failing = u.at, u.index, false
+	}
+	if u.changed {
+		switch d.Kind {
+		case DataSetKV:
+			b.setKV(u.kv)
+		case DataSetService:
+			b.instances[d.Name] = u.ins
+		}
+	}
+	st.MalformedTotal, st.InvalidAddressTotal = b.malformedTotal, b.invalidAddressTotal
+	w.status.Store(&st)
+	return u.changed
+}
+
+// rebuild builds a snapshot and publishes it if its content differs from the
+// current one, then arms the timer for the next report to turn stale.
+func (w *Watcher) rebuild(b *builder, staleTimer *time.Timer) {
+	old := w.snap.Load()
+	now := time.Now()
+	next, nextStale := b.build(old.generation+1, now)
+	if !nextStale.IsZero() {
+		staleTimer.Reset(nextStale.Sub(now) + time.Millisecond)
+	}
+	st := *w.status.Load()
+	st.MalformedTotal, st.InvalidAddressTotal = b.malformedTotal, b.invalidAddressTotal
+	if next.sameContent(old) {
+		w.status.Store(&st)
+		return
+	}
+	st.Publishes++
+	w.status.Store(&st)
+	w.snap.Store(next)
+	close(old.superseded)
+}
+
+// loop is one blocking-query loop over one data set.
+type loop struct {
+	w    *Watcher
+	set  int
+	kind DataSetKind
+	name string
+	out  chan<- update
+
+	failing bool
+	prevKV  []kvPair
+	prevIns []instance
+	have    bool
+}
+
+func (l *loop) run(ctx context.Context) {
+	var (
+		index    uint64
+		failures int
+		last     time.Time
+	)
+	for ctx.Err() == nil {
+		// Rate limit: however often Consul answers, query at most once per MinInterval.
+		if wait := l.w.cfg.MinInterval - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+			return
+		}
+		last = time.Now()
+		u, newIndex, err := l.query(ctx, index)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			l.logFailure(err)
+			if !l.send(ctx, update{set: l.set, at: time.Now(), err: err}) {
+				return
+			}
+			// Resync from scratch after an error: a Consul that restarted has
+			// lower indexes, and waiting on the old one would stall for a whole
+			// WaitTime. The backoff already bounds the query rate.
+			index = 0
+			if !sleep(ctx, backoff(failures)) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		if l.failing {
+			l.failing = false
+			l.w.log.Info("consul read recovered", "set", string(l.kind), "name", l.name)
+		}
+		index = nextIndex(index, newIndex)
+		if !l.send(ctx, u) {
+			return
+		}
+	}
+}
+
+// nextIndex applies Consul's rules for the index to wait on next, given the
+// one just waited on and the one Consul returned.
+func nextIndex(waited, got uint64) uint64 {
+	switch {
+	case got < waited: // went backwards (a restore, a restarted Consul): resync
+		return 0
+	case got == 0 && waited == 0: // never wait on 0 twice in a row
+		return 1
+	default:
+		return got
+	}
+}
+
+// query runs one blocking query and compares the answer with the previous one.
+func (l *loop) query(ctx context.Context, index uint64) (update, uint64, error) {
+	cfg := &l.w.cfg
+	// Consul adds up to WaitTime/16 of jitter; beyond that plus a margin the
+	// connection is presumed dead.
+	qctx, cancel := context.WithTimeout(ctx, cfg.WaitTime+cfg.WaitTime/16+5*time.Second)
+	defer cancel()
+	opts := (&api.QueryOptions{
+		WaitIndex:  index,
+		WaitTime:   cfg.WaitTime,
+		AllowStale: cfg.AllowStale == nil || *cfg.AllowStale,
+	}).WithContext(qctx)
+	u := update{set: l.set}
+	var (
+		meta  *api.QueryMeta
+		err   error
+		empty bool
+	)
+	switch l.kind {
+	case DataSetKV:
+		var pairs api.KVPairs
+		pairs, meta, err = l.w.client.KV().List(cfg.LoadPrefix+"/", opts)
+		if err == nil {
+			kv := kvFromPairs(pairs)
+			u.changed = !l.have || !kvEqual(kv, l.prevKV)
+			empty = len(kv) == 0 && len(l.prevKV) > 0
+			u.kv = kv
+		}
+	case DataSetService:
+		var entries []*api.ServiceEntry
+		entries, meta, err = l.w.client.Health().Service(l.name, "", false, opts)
+		if err == nil {
+			ins := instancesFromEntries(entries)
+			u.changed = !l.have || !instancesEqual(ins, l.prevIns)
+			empty = len(ins) == 0 && len(l.prevIns) > 0
+			u.ins = ins
+		}
+	}
+	if err != nil {
+		return update{}, 0, l.wrap(consulError(err))
+	}
+	if meta.ResultsFilteredByACLs {
+		// A token without read access gets an empty or partial answer, not
+		// an error; taking it would empty the pool.
+		return update{}, 0, l.wrap(errors.New("consul filtered the results by ACLs: the token lacks read access (service:read and node:read, or key_prefix read on the load prefix)"))
+	}
+	if empty && !meta.KnownLeader {
+		// A server that lost (or has not yet found) its leader may hold no
+		// data at all; never empty a pool on its word.
+		return update{}, 0, l.wrap(errors.New("consul answered with no data and no known leader; keeping the last data"))
+	}
+	if u.changed {
+		l.have, l.prevKV, l.prevIns = true, u.kv, u.ins
+	} else {
+		u.kv, u.ins = nil, nil
+	}
+	u.at, u.index = time.Now(), meta.LastIndex
+	return u, meta.LastIndex, nil
+}
+
+func (l *loop) wrap(err error) error {
+	return fmt.Errorf("health: %s %s: %w", l.kind, l.name, err)
+}
+
+// consulError adds a hint to the errors an operator can fix.
+func consulError(err error) error {
+	var se api.StatusError
+	if errors.As(err, &se) && se.Code == 403 {
+		return fmt.Errorf("consul rejected the ACL token (check consul.token_file or CONSUL_HTTP_TOKEN): %w", err)
+	}
+	return fmt.Errorf("consul query: %w", err)
+}
+
+// logFailure logs the first failure of a run of failures at warning level
+// and the rest at debug level: every failure is counted in Status anyway.
+func (l *loop) logFailure(err error) {
+	if l.failing {
+		l.w.log.Debug("consul read failed again", "set", string(l.kind), "name", l.name, "err", err)
+		return
+	}
+	l.failing = true
+	l.w.log.Warn("consul read failed; serving the last good data", "set", string(l.kind), "name", l.name, "err", err)
+}
+
+func (l *loop) send(ctx context.Context, u update) bool {
+	select {
+	case l.out <- u:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// backoff returns the pause after the n-th consecutive failure: exponential
+// from minBackoff to maxBackoff, with the upper half jittered so that many
+// farmdns servers do not retry in step.
+func backoff(n int) time.Duration {
+	d := maxBackoff
+	if n < 16 {
+		d = min(maxBackoff, minBackoff<<(n-1))
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits for d or until ctx is done; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
