@@ -1,0 +1,136 @@
+package policy
+
+import (
+	"math"
+	"sync/atomic"
+)
+
+// askerSlots is the size of a pool's asker table.
+const askerSlots = 8192
+
+// askerTable remembers, per key (an asker: a resolver's address and the
+// query name), what the latest fresh choice was, when it was made, with
+// which TTL, and how long after its answers expire the asker usually comes
+// back. That gives two things:
+//
+//   - stickiness: within StickyWindow the key gets the same nodes again;
+//   - the size of an answer: a resolver that asks again as soon as its
+//     cached answer expires has clients waiting all the time, and each of
+//     its answers brings about 1 + TTL/wait clients, where wait is the mean
+//     time between an expiry and its next question. That is what lets the
+//     ledger tell an answer to a big resolver (tens of clients) from one to a
+//     small one (one client) at the moment it is handed out, instead of
+//     learning it a report later, when the big resolver's clients have all
+//     gone to one target.
+//
+// It is a lossy direct-mapped hash table of seqlocked slots: readers never
+// wait (a slot being written reads as a miss), writers never wait (a slot
+// another writer holds is not written), and a slot tracking a busy asker is
+// not given to another key while that asker is active. It is shared by
+// every Pool of a chain and stores stable target IDs rather than indices, so
+// a rebuild in the middle of an A/AAAA pair does not split it.
+type askerTable struct {
+	slots [askerSlots]askerSlot
+}
+
+type askerSlot struct {
+	seq  atomic.Uint64 // odd while a writer holds the slot
+	key  atomic.Uint64
+	at   atomic.Int64  // when the latest fresh choice was made (unix ns)
+	ttl  atomic.Int64  // the TTL it was given, ns
+	wait atomic.Uint64 // float64 bits: mean wait after expiry, ns; 0 unknown
+	n    atomic.Uint32
+	ids  [MaxAnswers]atomic.Uint32
+}
+
+// asker is a copy of one slot.
+type asker struct {
+	found    bool
+	at, ttl  int64
+	wait     float64
+	n        int
+	ids      [MaxAnswers]uint32
+	slotBusy bool // the slot holds another key that is still active
+}
+
+func (t *askerTable) slot(key uint64) *askerSlot { return &t.slots[mix(key)%askerSlots] }
+
+// load reads key's slot. now decides whether the slot, if another key's, is
+// still worth keeping.
+func (t *askerTable) load(key uint64, now int64, a *asker) {
+	s := t.slot(key)
+	seq := s.seq.Load()
+	if seq&1 != 0 {
+		a.slotBusy = true
+		return
+	}
+	k, at, ttl := s.key.Load(), s.at.Load(), s.ttl.Load()
+	wait := math.Float64frombits(s.wait.Load())
+	n := int(s.n.Load())
+	if n > MaxAnswers {
+		n = 0
+	}
+	var ids [MaxAnswers]uint32
+	for i := range n {
+		ids[i] = s.ids[i].Load()
+	}
+	if s.seq.Load() != seq {
+		a.slotBusy = true
+		return
+	}
+	if k != key || n == 0 {
+		// Another key's slot: keep it while that asker is busy (it comes
+		// back soon after each expiry) and recently active.
+		a.slotBusy = n > 0 && wait > 0 && wait < float64(ttl) && now-at < 4*ttl+int64(10e9)
+		return
+	}
+	a.found, a.at, a.ttl, a.wait, a.n, a.ids = true, at, ttl, wait, n, ids
+}
+
+// store records a fresh choice for key.
+func (t *askerTable) store(key uint64, now, ttl int64, wait float64, ids []uint32) {
+	s := t.slot(key)
+	seq := s.seq.Load()
+	if seq&1 != 0 || !s.seq.CompareAndSwap(seq, seq+1) {
+		return
+	}
+	s.key.Store(key)
+	s.at.Store(now)
+	s.ttl.Store(ttl)
+	s.wait.Store(math.Float64bits(wait))
+	for i, id := range ids {
+		s.ids[i].Store(id)
+	}
+	s.n.Store(uint32(len(ids)))
+	s.seq.Store(seq + 2)
+}
+
+const (
+	waitSmoothing = 0.3     // weight of the newest wait in the mean
+	idleAfter     = 600e9   // a key silent this long starts over, ns
+	minWait       = 1e6     // 1 ms: bounds an answer's size at 1 + TTL/1ms
+	maxSize       = 10000.0 // and at this many clients
+)
+
+// size returns the expected number of clients an answer to this asker
+// brings (1 for an unknown asker: it asked, so at least one client), and
+// the asker's updated mean wait to store.
+func (a *asker) size(now, ttl int64) (clients, wait float64) {
+	if !a.found || now-a.at > idleAfter || now < a.at {
+		return 1, 0
+	}
+	w := float64(max(now-a.at-a.ttl, 0))
+	if a.wait > 0 {
+		w = waitSmoothing*w + (1-waitSmoothing)*a.wait
+	}
+	return min(1+float64(ttl)/max(w, minWait), maxSize), w
+}
+
+// sizeAgain returns the size the latest fresh choice was counted with, for
+// a sticky repeat of it.
+func (a *asker) sizeAgain() float64 {
+	if a.wait <= 0 {
+		return 1
+	}
+	return min(1+float64(a.ttl)/max(a.wait, minWait), maxSize)
+}

@@ -1,0 +1,601 @@
+package policy
+
+import (
+	"math"
+	"sync/atomic"
+	"time"
+
+	"github.com/farmdns/farmdns/health"
+)
+
+// Family restricts a choice to one address family.
+type Family uint8
+
+const (
+	// AnyFamily chooses among all targets (for SRV answers).
+	AnyFamily Family = iota
+	// IPv4 chooses among IPv4 targets (A answers).
+	IPv4
+	// IPv6 chooses among IPv6 targets (AAAA answers).
+	IPv6
+)
+
+const families = 3
+
+func familyOf(t *health.Target) Family {
+	switch {
+	case t.Address.Is4():
+		return IPv4
+	case t.Address.Is6():
+		return IPv6
+	}
+	return AnyFamily // an invalid address: never answered
+}
+
+// identity is what makes two targets of successive snapshots the same one.
+type identity struct{ node, serviceID string }
+
+// targetState is the part of a target that outlives one Pool: every Pool of
+// a chain that contains the target shares it. The atomics are written by
+// Choose; the rest only by NewPool, which a chain runs one call at a time.
+type targetState struct {
+	// The ledger: the clients expected from the answers that named the
+	// target first, and in a later position, in 1/ledgerUnit.
+	first atomic.Uint64
+	other atomic.Uint64
+	count atomic.Uint64 // answers that named it
+	last  atomic.Int64  // unix ns of the latest answer naming it; 0 if none
+
+	id          uint32 // stable, for the sticky table
+	seen        bool   // a report has been taken in
+	eligible    bool   // in the previous build
+	slowStart   int64  // unix ns when the current slow start began; 0 if none
+	updated     time.Time
+	accepted    int64
+	connections int64
+	// The load model as of the latest report: connections then, and the
+	// ledger counters then (answers counted since belong to the prediction).
+	conn         float64
+	base1, base2 float64
+	shard        int32 // shards mode: the shard whose counter base1 refers to
+}
+
+// shardState is the part of a shard that outlives one Pool.
+type shardState struct {
+	answers atomic.Uint64 // answers that named the shard
+	rr      atomic.Uint64 // rotation across its LBs
+	id      uint32
+}
+
+// chain is what successive Pools built from one another share.
+type chain struct {
+	mode      Mode
+	nextID    uint32
+	askers    *askerTable
+	rr        atomic.Uint64 // round-robin position (nodes mode)
+	learn     learner
+	lastBuild int64
+	shards    map[string]*shardState // builder only
+}
+
+// entry is one target as one Pool sees it: immutable after NewPool.
+type entry struct {
+	st        *targetState
+	conn      float64 // connections at the latest report (or estimate)
+	base1     float64 // st.first at that report
+	base2     float64 // st.other at that report
+	cap       float64 // full capacity
+	ssStart   int64   // slow start: began at (unix ns); ssEnd 0 if none
+	ssEnd     int64
+	fam       Family
+	eligible  bool
+	fallback  int8  // fail-open rank: 0 not a fallback, 1 preferred, 2 last resort
+	sibling   int32 // an eligible target of the other family on the same node, or -1
+	shard     int32 // shards mode: index into Pool.shards, or -1
+	knownLoad bool
+}
+
+// shard is one shard as one Pool sees it.
+type shard struct {
+	name     string
+	st       *shardState
+	lbs      [families][]int32 // eligible LBs (indices into records)
+	fallback [families][]int32 // non-draining LBs, eligible first
+	nodes    []int32           // indices into nodeEnts
+	// Predicted connections are connBase + c*answers; the capacity is
+	// capFull plus the slow-starting nodes' ramped capacity.
+	connBase float64
+	connRep  float64 // reported connections of the eligible nodes
+	capFull  float64
+	ramping  []int32 // eligible nodes in slow start
+	eligible bool    // has an eligible node
+	fbNodes  bool    // has a non-draining node
+	connAll  float64 // over non-draining nodes, for fail-open
+	capAll   float64
+}
+
+// Pool is the immutable state one health snapshot gives a pool of targets,
+// plus the answer ledger it shares with the Pools built before and after
+// it. Build a new one with NewPool for every snapshot; Choose and the other
+// methods may be called concurrently with each other and with NewPool.
+type Pool struct {
+	cfg     Config
+	ch      *chain
+	records []health.Target // what Choose's indices refer to
+	ents    []entry         // parallel to records
+	byID    map[uint32]int32
+
+	elig     [families][]int32 // eligible records per family
+	fallback [families][]int32 // fail-open candidates per family, best rank first
+	hasElig  bool              // some record is eligible in some family
+
+	// shards mode
+	nodes      []health.Target
+	nodeEnts   []entry
+	shards     []shard
+	shardElig  [families][]int32
+	shardFB    [families][]int32
+	shardByID  map[uint32]int32
+	meanShardC float64
+
+	c1, c2   float64 // predicted clients per first / later answer position
+	meanUtil float64 // over eligible targets (or shards), at build
+	equalCap bool    // no capacity known: balance connections
+	maxCap   float64
+	built    int64
+	ttlMax   int64 // longest TTL an answer carries, ns
+}
+
+// NewPool builds the state for one snapshot of a pool: targets are the
+// service's instances and, in shards mode, lbs the shards' load balancers
+// (nil in nodes mode). prev is the Pool this one replaces, or nil; the
+// answer ledger, slow starts, the sticky table and the learned
+// clients-per-answer estimate carry over from it by target identity (node
+// and service ID), so a rebuild never resets them. Calls that share a prev
+// chain must not run concurrently. cfg must have passed Validate. targets
+// and lbs are kept, not copied: they must not change afterwards (health
+// snapshots never do).
+//
+// A load report is taken in when Load.Updated, Accepted or Connections
+// differ from the previous build's; the growth of Accepted since the
+// previous report, set against the answers handed out meanwhile, is what
+// teaches the pool how many clients an answer brings.
+func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time) *Pool {
+	nowN := now.UnixNano()
+	p := &Pool{cfg: cfg, built: nowN}
+	p.ttlMax = int64(math.Ceil(cfg.TTL.Seconds()*(1+cfg.TTLJitter))) * int64(time.Second)
+	var prevStates, prevLBStates map[identity]*targetState
+	if prev != nil && prev.ch.mode == cfg.Mode {
+		p.ch = prev.ch
+		prevStates, prevLBStates = prev.stateMaps()
+	} else {
+		p.ch = &chain{mode: cfg.Mode, shards: map[string]*shardState{}}
+		p.ch.learn.init()
+	}
+	fresh := prev == nil
+	if p.ch.askers == nil {
+		p.ch.askers = new(askerTable)
+	}
+	dt := float64(nowN-p.ch.lastBuild) / float64(time.Second)
+	if p.ch.lastBuild == 0 || dt < 0 {
+		dt = 0
+	}
+	p.ch.lastBuild = nowN
+	p.ch.learn.decay(dt, cfg.LearnWindow.Seconds())
+
+	caps := capacities(cfg, targets)
+	p.equalCap = caps.equal
+	if cfg.Mode == Nodes {
+		p.records = targets
+		p.ents = p.buildEntries(targets, prevStates, caps, nowN, fresh, nil, true)
+	} else {
+		p.nodes = targets
+		shardOf := p.assignShards(targets, lbs)
+		p.nodeEnts = p.buildEntries(targets, prevStates, caps, nowN, fresh, shardOf, true)
+		p.records = lbs
+		p.ents = p.buildEntries(lbs, prevLBStates, capacities(cfg, lbs), nowN, fresh, nil, false)
+		for i := range p.ents {
+			p.ents[i].shard = -1
+			if v, ok := lbs[i].Meta[cfg.ShardMeta]; ok {
+				p.ents[i].shard = p.shardIndex(v)
+			}
+		}
+	}
+	p.c1, p.c2 = p.ch.learn.estimate()
+	p.byID = make(map[uint32]int32, len(p.ents))
+	for i := range p.ents {
+		p.byID[p.ents[i].st.id] = int32(i)
+	}
+	if cfg.Mode == Nodes {
+		p.buildNodeViews()
+	} else {
+		p.buildShards(nowN)
+	}
+	return p
+}
+
+// stateMaps indexes the previous pool's target states by identity.
+func (p *Pool) stateMaps() (targets, lbs map[identity]*targetState) {
+	targets = make(map[identity]*targetState, len(p.ents)+len(p.nodeEnts))
+	lbs = map[identity]*targetState{}
+	if p.cfg.Mode == Nodes {
+		for i := range p.ents {
+			targets[identity{p.records[i].Node, p.records[i].ServiceID}] = p.ents[i].st
+		}
+		return targets, lbs
+	}
+	for i := range p.nodeEnts {
+		targets[identity{p.nodes[i].Node, p.nodes[i].ServiceID}] = p.nodeEnts[i].st
+	}
+	for i := range p.ents {
+		lbs[identity{p.records[i].Node, p.records[i].ServiceID}] = p.ents[i].st
+	}
+	return targets, lbs
+}
+
+// capSet resolves capacities: a target's own, else the configured default,
+// else the mean of the known ones; with none known all count as 1, so that
+// connections themselves are balanced.
+type capSet struct {
+	def   float64
+	equal bool
+}
+
+func capacities(cfg Config, ts []health.Target) capSet {
+	if cfg.Capacity > 0 {
+		return capSet{def: float64(cfg.Capacity)}
+	}
+	var sum float64
+	n := 0
+	for i := range ts {
+		if c := ts[i].Load.Capacity; c > 0 {
+			sum += float64(c)
+			n++
+		}
+	}
+	if n == 0 {
+		return capSet{def: 1, equal: true}
+	}
+	return capSet{def: sum / float64(n)}
+}
+
+func (c capSet) of(t *health.Target) float64 {
+	if c.equal {
+		return 1
+	}
+	if t.Load.Capacity > 0 {
+		return float64(t.Load.Capacity)
+	}
+	return c.def
+}
+
+// buildEntries takes in targets: identity, reports, learning (if learn),
+// slow start. shardOf, in shards mode, gives each target's shard index (or
+// -1); the ledger counter of a node is then its shard's.
+func (p *Pool) buildEntries(ts []health.Target, prevStates map[identity]*targetState, caps capSet, now int64, fresh bool, shardOf []int32, learn bool) []entry {
+	ents := make([]entry, len(ts))
+	used := make(map[*targetState]bool, len(ts))
+	var shardCap []float64 // capacity of each shard's eligible nodes
+	if shardOf != nil {
+		shardCap = make([]float64, len(p.shards))
+		for i := range ts {
+			if shardOf[i] >= 0 && ts[i].Eligible() {
+				shardCap[shardOf[i]] += caps.of(&ts[i])
+			}
+		}
+	}
+	ss := int64(p.cfg.SlowStart)
+	for i := range ts {
+		t := &ts[i]
+		st := prevStates[identity{t.Node, t.ServiceID}]
+		isNew := st == nil || used[st]
+		if isNew {
+			st = &targetState{id: p.ch.nextID, shard: -1}
+			p.ch.nextID++
+		}
+		used[st] = true
+		e := &ents[i]
+		e.st, e.fam, e.sibling, e.shard = st, familyOf(t), -1, -1
+		e.cap = caps.of(t)
+		e.eligible = t.Eligible() && e.fam != AnyFamily
+		if shardOf != nil {
+			e.shard = shardOf[i]
+		}
+
+		// Slow start: a target that appears, or becomes eligible again,
+		// after the chain's first build.
+		if e.eligible && !fresh && ss > 0 && (isNew || !st.eligible) {
+			st.slowStart = now
+		}
+		st.eligible = e.eligible
+		if st.slowStart != 0 && now-st.slowStart < ss {
+			e.ssStart, e.ssEnd = st.slowStart, st.slowStart+ss
+		} else {
+			st.slowStart = 0
+		}
+
+		// The ledger counter this target's prediction reads.
+		c1, c2 := float64(st.first.Load()), float64(st.other.Load())
+		if shardOf != nil {
+			c2 = 0
+			if e.shard >= 0 {
+				c1 = float64(p.shards[e.shard].st.answers.Load())
+			}
+			if e.shard != st.shard { // moved shard: the old base means nothing
+				st.shard, st.base1, st.seen = e.shard, c1, false
+			}
+		}
+		l := &t.Load
+		switch l.State {
+		case health.LoadKnown, health.LoadStale:
+			e.knownLoad = true
+			isReport := !st.seen || !l.Updated.Equal(st.updated) || l.Accepted != st.accepted || l.Connections != st.connections
+			if isReport {
+				if learn && st.seen && l.Accepted >= st.accepted && (l.Accepted > 0 || st.accepted > 0) {
+					// The reporter did not restart: Accepted grew by the
+					// clients that arrived since its previous report.
+					x1, x2 := c1-st.base1, c2-st.base2
+					if shardOf != nil && e.shard >= 0 {
+						x1 *= e.cap / shardCap[e.shard]
+					}
+					p.ch.learn.add(x1/ledgerUnit, x2/ledgerUnit, float64(l.Accepted-st.accepted))
+				}
+				st.seen, st.updated, st.accepted, st.connections = true, l.Updated, l.Accepted, l.Connections
+				st.conn, st.base1, st.base2 = float64(l.Connections), c1, c2
+			}
+			e.conn, e.base1, e.base2 = st.conn, st.base1, st.base2
+		default:
+			// Unknown or malformed load: assume the mean utilisation (set
+			// once known, below) plus whatever was answered since this build.
+			st.seen = false
+			e.conn, e.base1, e.base2 = math.NaN(), c1, c2
+		}
+	}
+	return ents
+}
+
+// fillUnknown gives targets of unknown load the mean utilisation of the
+// others, and returns that mean over eligible targets.
+func fillUnknown(ents []entry) float64 {
+	var conn, capSum, capAll float64
+	for i := range ents {
+		e := &ents[i]
+		if e.eligible || e.knownLoad {
+			capAll += e.cap
+		}
+		if e.knownLoad {
+			conn += e.conn
+			capSum += e.cap
+		}
+	}
+	mean := 0.0
+	if capSum > 0 {
+		mean = conn / capSum
+	}
+	for i := range ents {
+		if e := &ents[i]; !e.knownLoad {
+			e.conn = mean * e.cap
+		}
+	}
+	return mean
+}
+
+func (p *Pool) buildNodeViews() {
+	p.fillUnknownAndMean(p.ents)
+	firstByNode := map[string]*[families]int32{}
+	for i := range p.ents {
+		e := &p.ents[i]
+		p.maxCap = max(p.maxCap, e.cap)
+		if !e.eligible {
+			if !p.records[i].Draining && e.fam != AnyFamily {
+				e.fallback = 2
+				if e.knownLoad && p.records[i].Load.State == health.LoadKnown {
+					e.fallback = 1 // its reporter is alive: likely up despite a failing check
+				}
+			}
+			continue
+		}
+		p.hasElig = true
+		p.elig[e.fam] = append(p.elig[e.fam], int32(i))
+		p.elig[AnyFamily] = append(p.elig[AnyFamily], int32(i))
+		f := firstByNode[p.records[i].Node]
+		if f == nil {
+			f = &[families]int32{-1, -1, -1}
+			firstByNode[p.records[i].Node] = f
+		}
+		if f[e.fam] < 0 {
+			f[e.fam] = int32(i)
+		}
+	}
+	for i := range p.ents {
+		e := &p.ents[i]
+		if !e.eligible {
+			continue
+		}
+		f := firstByNode[p.records[i].Node]
+		switch e.fam {
+		case IPv4:
+			e.sibling = f[IPv6]
+		case IPv6:
+			e.sibling = f[IPv4]
+		}
+	}
+	for rank := int8(1); rank <= 2; rank++ {
+		for i := range p.ents {
+			if e := &p.ents[i]; e.fallback == rank {
+				p.fallback[e.fam] = append(p.fallback[e.fam], int32(i))
+				p.fallback[AnyFamily] = append(p.fallback[AnyFamily], int32(i))
+			}
+		}
+	}
+}
+
+func (p *Pool) fillUnknownAndMean(ents []entry) {
+	mean := fillUnknown(ents)
+	// The spread is relative to the mean utilisation the choice will see,
+	// including what the ledger predicts; at build time the report is fresh
+	// enough for that.
+	p.meanUtil = mean
+	if p.meanUtil <= 0 {
+		p.meanUtil = 1 / max(p.maxCapOf(ents), 1)
+	}
+}
+
+func (p *Pool) maxCapOf(ents []entry) float64 {
+	m := 0.0
+	for i := range ents {
+		m = max(m, ents[i].cap)
+	}
+	return m
+}
+
+// assignShards maps the targets to shard indices, creating the shards that
+// targets or LBs name.
+func (p *Pool) assignShards(targets, lbs []health.Target) []int32 {
+	out := make([]int32, len(targets))
+	for i := range targets {
+		out[i] = -1
+		if v, ok := targets[i].Meta[p.cfg.ShardMeta]; ok {
+			out[i] = p.shardIndex(v)
+		}
+	}
+	for i := range lbs {
+		if v, ok := lbs[i].Meta[p.cfg.ShardMeta]; ok {
+			p.shardIndex(v)
+		}
+	}
+	return out
+}
+
+func (p *Pool) shardIndex(name string) int32 {
+	for i := range p.shards {
+		if p.shards[i].name == name {
+			return int32(i)
+		}
+	}
+	st := p.ch.shards[name]
+	if st == nil {
+		st = &shardState{id: p.ch.nextID}
+		p.ch.nextID++
+		p.ch.shards[name] = st
+	}
+	p.shards = append(p.shards, shard{name: name, st: st})
+	return int32(len(p.shards) - 1)
+}
+
+func (p *Pool) buildShards(now int64) {
+	fillUnknown(p.nodeEnts)
+	for i := range p.nodeEnts {
+		e := &p.nodeEnts[i]
+		if e.shard < 0 {
+			continue
+		}
+		s := &p.shards[e.shard]
+		s.nodes = append(s.nodes, int32(i))
+		if p.nodes[i].Draining {
+			continue
+		}
+		s.fbNodes = true
+		s.connAll += e.conn
+		s.capAll += e.cap
+		if !e.eligible {
+			continue
+		}
+		s.eligible = true
+		s.connRep += e.conn
+		// Predicted connections: conn + c * share * (answers - base); the
+		// share is applied below once the shard's capacity is known.
+		if e.ssEnd > now {
+			s.ramping = append(s.ramping, int32(i))
+		} else {
+			s.capFull += e.cap
+		}
+	}
+	for si := range p.shards {
+		s := &p.shards[si]
+		var capSum float64
+		for _, i := range s.nodes {
+			if e := &p.nodeEnts[i]; e.eligible {
+				capSum += e.cap
+			}
+		}
+		for _, i := range s.nodes {
+			e := &p.nodeEnts[i]
+			if !e.eligible {
+				continue
+			}
+			s.connBase += e.conn - p.c1*(e.cap/capSum)*e.base1/ledgerUnit
+		}
+	}
+	for i := range p.ents {
+		e := &p.ents[i]
+		if e.shard < 0 || e.fam == AnyFamily || p.records[i].Draining {
+			continue
+		}
+		s := &p.shards[e.shard]
+		if e.eligible {
+			s.lbs[e.fam] = append(s.lbs[e.fam], int32(i))
+			s.lbs[AnyFamily] = append(s.lbs[AnyFamily], int32(i))
+		}
+	}
+	for i := range p.ents { // fail-open LBs: eligible ones first
+		e := &p.ents[i]
+		if e.shard >= 0 && e.fam != AnyFamily && !p.records[i].Draining && !e.eligible {
+			e.fallback = 2
+		}
+	}
+	var conn, capSum float64
+	n := 0
+	p.shardByID = make(map[uint32]int32, len(p.shards))
+	for si := range p.shards {
+		s := &p.shards[si]
+		p.shardByID[s.st.id] = int32(si)
+		for f := range families {
+			s.fallback[f] = append(append([]int32(nil), s.lbs[f]...), fallbackLBs(p, s, Family(f))...)
+			if s.eligible && len(s.lbs[f]) > 0 {
+				p.shardElig[f] = append(p.shardElig[f], int32(si))
+				p.hasElig = true
+			}
+			if s.fbNodes && len(s.fallback[f]) > 0 {
+				p.shardFB[f] = append(p.shardFB[f], int32(si))
+			}
+		}
+		if s.eligible {
+			conn += s.connBase + p.c1*float64(s.st.answers.Load())/ledgerUnit
+			capSum += s.capFull
+			n++
+		}
+	}
+	if n > 0 && capSum > 0 {
+		p.meanUtil = conn / capSum
+		p.meanShardC = capSum / float64(n)
+	}
+	if p.meanUtil <= 0 {
+		p.meanUtil = 0.01
+	}
+	if p.meanShardC <= 0 {
+		p.meanShardC = 1
+	}
+}
+
+func fallbackLBs(p *Pool, s *shard, f Family) []int32 {
+	var out []int32
+	for i := range p.ents {
+		e := &p.ents[i]
+		if e.fallback == 2 && &p.shards[e.shard] == s && (f == AnyFamily || e.fam == f) {
+			out = append(out, int32(i))
+		}
+	}
+	return out
+}
+
+// Records returns what Choose's indices refer to: the targets in nodes
+// mode, the load balancers in shards mode. Shared; do not modify.
+func (p *Pool) Records() []health.Target { return p.records }
+
+// Config returns the configuration the pool was built with.
+func (p *Pool) Config() Config { return p.cfg }
+
+// ClientsPerAnswer returns the learned estimate of how many new clients an
+// answer brings to the target it names first, and to each later one.
+func (p *Pool) ClientsPerAnswer() (first, later float64) { return p.c1, p.c2 }
