@@ -2,59 +2,63 @@ package dnsserver
 
 import (
 	"encoding/hex"
+	"net/netip"
 	"strings"
 
 	"github.com/miekg/dns"
 
+	"github.com/farmdns/farmdns/policy"
 	"github.com/farmdns/farmdns/zones"
 )
 
 // answer is the core of the server: a parsed query in, the full response out
-// (before truncation), with the zone that answered (noZone if none). It never
-// fails: every problem is an rcode.
-func answer(st *State, q *dns.Msg, req request) (*dns.Msg, string) {
-	r := answerIn(st, q, req)
-	zone := noZone
+// (before truncation), with the zone that answered (noZone if none) and the
+// number of pool records that end the answer section. It never fails: every
+// problem is an rcode.
+func answer(st *State, q *dns.Msg, req request) (r *dns.Msg, zone string, dynamic int) {
+	r, dynamic = answerIn(st, q, req)
+	zone = noZone
 	if len(r.Question) == 1 && r.Rcode != dns.RcodeRefused {
 		if z := st.Zones.Find(strings.ToLower(r.Question[0].Name)); z != nil {
 			zone = z.Origin
 		}
 	}
-	return r, zone
+	return r, zone, dynamic
 }
 
-func answerIn(st *State, q *dns.Msg, req request) *dns.Msg {
+func answerIn(st *State, q *dns.Msg, req request) (*dns.Msg, int) {
 	r := reply(q)
 	opt, rcode := checkEDNS(q)
 	switch {
 	case q.Opcode != dns.OpcodeQuery:
-		return withRcode(r, dns.RcodeNotImplemented, opt, st)
+		return withRcode(r, dns.RcodeNotImplemented, opt, st), 0
 	case len(q.Question) != 1:
-		return withRcode(r, dns.RcodeFormatError, opt, st)
+		return withRcode(r, dns.RcodeFormatError, opt, st), 0
 	case rcode != dns.RcodeSuccess:
-		return withRcode(r, rcode, opt, st)
+		return withRcode(r, rcode, opt, st), 0
 	}
 	question := q.Question[0]
 	if question.Qtype == dns.TypeAXFR || question.Qtype == dns.TypeIXFR {
 		// Transfers reach here only when they are not allowed (see serve).
-		return withRcode(r, dns.RcodeRefused, opt, st)
+		return withRcode(r, dns.RcodeRefused, opt, st), 0
 	}
 	switch question.Qclass {
 	case dns.ClassINET, dns.ClassANY:
 		// Class ANY asks for whatever class holds the name: here, only IN does.
 	case dns.ClassCHAOS:
-		return chaos(r, question, opt, st)
+		return chaos(r, question, opt, st), 0
 	default:
-		return withRcode(r, dns.RcodeRefused, opt, st)
+		return withRcode(r, dns.RcodeRefused, opt, st), 0
 	}
 
 	z := st.Zones.Find(strings.ToLower(question.Name))
 	if z == nil {
 		// Not our zone: an authoritative-only server refuses rather than
 		// pointing anywhere (RFC 1034 section 4.3.1 leaves it to us).
-		return withRcode(r, dns.RcodeRefused, opt, st)
+		return withRcode(r, dns.RcodeRefused, opt, st), 0
 	}
 	res := z.Lookup(question.Name, question.Qtype)
+	dynamic := 0
 	r.Answer = res.Answer
 	r.Extra = res.Extra
 	switch res.Outcome {
@@ -75,8 +79,37 @@ func answerIn(st *State, q *dns.Msg, req request) *dns.Msg {
 	case zones.NameTooLong:
 		r.Authoritative = true
 		r.Rcode = dns.RcodeYXDomain
+	case zones.Dynamic:
+		dynamic = answerPool(r, st, z, res, question.Qtype, req.remote)
 	}
-	return withOPT(r, opt, st)
+	return withOPT(r, opt, st), dynamic
+}
+
+// answerPool adds the records a pool chooses for the name a lookup ended on.
+// It returns how many it added.
+func answerPool(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qtype uint16, client netip.Addr) int {
+	owner := r.Question[0].Name
+	if n := len(res.Answer); n > 0 {
+		owner = res.Answer[n-1].(*dns.CNAME).Target // a chain led here
+	}
+	var dst [policy.MaxAnswers]int
+	c := choose(st.pools[res.Pool], dst[:0], qtype, client)
+	r.Authoritative = true
+	switch c.outcome {
+	case policy.OutcomeAnswer, policy.OutcomeFailOpen:
+		for _, i := range c.picked {
+			r.Answer = append(r.Answer, c.addressRR(owner, i))
+		}
+		return len(c.picked)
+	case policy.OutcomeNoData:
+		r.Ns = []dns.RR{z.NegativeSOA()}
+	case policy.OutcomeServFail:
+		// The operator asked for it: nothing healthy is better reported as a
+		// failure, so resolvers try the other nameservers or serve stale.
+		r.Authoritative = false
+		r.Rcode = dns.RcodeServerFailure
+	}
+	return 0
 }
 
 // reply starts a response to q: same ID, opcode and question, RD and CD

@@ -5,6 +5,9 @@ import (
 	"slices"
 
 	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/policy"
+	"github.com/farmdns/farmdns/zones"
 )
 
 // The fast path answers the common questions without unpacking or packing a
@@ -20,9 +23,13 @@ type prepared struct {
 	names map[string][]preparedAnswer // by lower-case owner name in wire form
 }
 
-// preparedAnswer is the reply to one (name, type) question, class IN.
+// preparedAnswer is the reply to one (name, type) question, class IN. For a
+// pool's name, the records are chosen for each query; body then holds the
+// NODATA reply for when the pool has nothing to offer.
 type preparedAnswer struct {
 	zone       string // origin, for metrics
+	pool       int    // index into State.pools, if dynamic
+	dynamic    bool
 	qtype      uint16
 	flags      uint16 // AA and rcode; RD and CD come from each query
 	an, ns, ar uint16
@@ -58,7 +65,8 @@ func prepare(st *State) *prepared {
 			slices.Sort(qtypes)
 			var answers []preparedAnswer
 			for _, qt := range slices.Compact(qtypes) {
-				if a, ok := prepareOne(st, buf, name, qt, n); ok {
+				a, ok := prepareOne(st, z, buf, name, qt, n)
+				if ok {
 					a.zone = z.Origin
 					answers = append(answers, a)
 					count++
@@ -70,22 +78,38 @@ func prepare(st *State) *prepared {
 	return p
 }
 
-// prepareOne runs the slow path for one question and keeps its reply.
-func prepareOne(st *State, buf []byte, name string, qtype uint16, nameLen int) (preparedAnswer, bool) {
+// prepareOne runs the slow path for one question and keeps its reply. A
+// pool's name is not run (that would count an answer in its ledger): it is
+// kept as dynamic, with its NODATA reply. A CNAME chain into a pool is left
+// to the slow path.
+func prepareOne(st *State, z *zones.Zone, buf []byte, name string, qtype uint16, nameLen int) (preparedAnswer, bool) {
 	q := new(dns.Msg).SetQuestion(name, qtype)
 	q.RecursionDesired = false
-	r, _ := answer(st, q, request{tcp: true})
+	var r *dns.Msg
+	res := z.Lookup(name, qtype)
+	switch {
+	case res.Outcome == zones.Dynamic && len(res.Answer) == 0:
+		r = reply(q)
+		r.Authoritative = true
+		r.Ns = []dns.RR{z.NegativeSOA()}
+	case res.Outcome == zones.Dynamic:
+		return preparedAnswer{}, false
+	default:
+		r, _, _ = answer(st, q, request{tcp: true})
+	}
 	out, err := r.PackBuffer(buf)
 	if err != nil || len(out) < headerLen+nameLen+4 {
 		return preparedAnswer{}, false
 	}
 	return preparedAnswer{
-		qtype: qtype,
-		flags: binary.BigEndian.Uint16(out[2:]) & (1<<10 | 0xF), // AA, rcode
-		an:    binary.BigEndian.Uint16(out[6:]),
-		ns:    binary.BigEndian.Uint16(out[8:]),
-		ar:    binary.BigEndian.Uint16(out[10:]),
-		body:  slices.Clone(out[headerLen+nameLen+4:]),
+		pool:    res.Pool,
+		dynamic: res.Outcome == zones.Dynamic,
+		qtype:   qtype,
+		flags:   binary.BigEndian.Uint16(out[2:]) & (1<<10 | 0xF), // AA, rcode
+		an:      binary.BigEndian.Uint16(out[6:]),
+		ns:      binary.BigEndian.Uint16(out[8:]),
+		ar:      binary.BigEndian.Uint16(out[10:]),
+		body:    slices.Clone(out[headerLen+nameLen+4:]),
 	}, true
 }
 
@@ -172,12 +196,13 @@ func parseFast(msg []byte, key *[255]byte) (q fastQuery, ok bool) {
 
 // fastAnswer writes the reply to a plain query into buf if a prepared answer
 // fits the client. ok false means: use the slow path.
-func fastAnswer(st *State, buf, msg []byte, tcp bool) (out []byte, a *preparedAnswer, ok bool) {
+func fastAnswer(st *State, buf []byte, req request) (out []byte, info replyInfo, ok bool) {
 	var key [255]byte
-	q, ok := parseFast(msg, &key)
+	q, ok := parseFast(req.wire, &key)
 	if !ok {
-		return nil, nil, false
+		return nil, info, false
 	}
+	var a *preparedAnswer
 	answers := st.prepared.names[string(q.key)]
 	for i := range answers {
 		if answers[i].qtype == q.qtype {
@@ -186,8 +211,9 @@ func fastAnswer(st *State, buf, msg []byte, tcp bool) (out []byte, a *preparedAn
 		}
 	}
 	if a == nil {
-		return nil, nil, false
+		return nil, info, false
 	}
+	info = replyInfo{answered: true, zone: a.zone, qtype: a.qtype, rcode: int(a.flags & 0xF), fast: true}
 	optLen := 0
 	if q.edns {
 		optLen = 11
@@ -195,29 +221,72 @@ func fastAnswer(st *State, buf, msg []byte, tcp bool) (out []byte, a *preparedAn
 			optLen += 4 + len(st.Options.NSID)
 		}
 	}
-	size := q.qEnd + len(a.body) + optLen
-	if size > len(buf) || size > fastLimit(q, tcp, st.Options.MaxUDPSize) {
-		return nil, nil, false // the slow path truncates
+	limit := min(len(buf), fastLimit(q, req.tcp, st.Options.MaxUDPSize))
+	if a.dynamic {
+		out, info.rcode, ok = fastPool(st, buf, req, q, a, limit-optLen)
+		return out, info, ok
 	}
-	out = buf[:0]
-	out = append(out, msg[0], msg[1]) // ID
-	// QR; AA and rcode from the answer; RD and CD from the query.
-	flags := 0x8000 | a.flags | binary.BigEndian.Uint16(msg[2:])&(1<<8|1<<4)
-	out = binary.BigEndian.AppendUint16(out, flags)
-	out = binary.BigEndian.AppendUint16(out, 1)
-	out = binary.BigEndian.AppendUint16(out, a.an)
-	out = binary.BigEndian.AppendUint16(out, a.ns)
-	ar := a.ar
-	if q.edns {
-		ar++
+	if q.qEnd+len(a.body)+optLen > limit {
+		return nil, info, false // the slow path truncates
 	}
-	out = binary.BigEndian.AppendUint16(out, ar)
-	out = append(out, msg[headerLen:q.qEnd]...)
+	out = appendHeader(buf[:0], req.wire, q, a.flags, a.an, a.ns, a.ar)
 	out = append(out, a.body...)
 	if q.edns {
 		out = appendOPT(out, st, q)
 	}
-	return out, a, true
+	return out, info, true
+}
+
+// appendHeader appends our header and the query's question.
+func appendHeader(out, msg []byte, q fastQuery, flags, an, ns, ar uint16) []byte {
+	out = append(out, msg[0], msg[1]) // ID
+	// QR; AA and rcode from the answer; RD and CD from the query.
+	flags |= 0x8000 | binary.BigEndian.Uint16(msg[2:])&(1<<8|1<<4)
+	out = binary.BigEndian.AppendUint16(out, flags)
+	out = binary.BigEndian.AppendUint16(out, 1)
+	out = binary.BigEndian.AppendUint16(out, an)
+	out = binary.BigEndian.AppendUint16(out, ns)
+	if q.edns {
+		ar++
+	}
+	out = binary.BigEndian.AppendUint16(out, ar)
+	return append(out, msg[headerLen:q.qEnd]...)
+}
+
+// fastPool answers a pool's name with the records its policy chooses for
+// this query, as many as fit in room octets: fewer records rather than TC.
+// It returns the reply and its rcode.
+func fastPool(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer, room int) ([]byte, int, bool) {
+	var dst [policy.MaxAnswers]int
+	c := choose(st.pools[a.pool], dst[:0], q.qtype, req.remote)
+	var out []byte
+	rcode := dns.RcodeSuccess
+	switch c.outcome {
+	case policy.OutcomeAnswer, policy.OutcomeFailOpen:
+		recLen := 16 // pointer, type, class, TTL, length, IPv4 address
+		if q.qtype == dns.TypeAAAA {
+			recLen = 28
+		}
+		fit := (room - q.qEnd) / recLen
+		if fit < 1 {
+			return nil, 0, false
+		}
+		out = appendHeader(buf[:0], req.wire, q, 1<<10, uint16(min(fit, len(c.picked))), 0, 0)
+		out, _ = c.appendAddressRecords(out, fit)
+	case policy.OutcomeNoData:
+		if q.qEnd+len(a.body) > room {
+			return nil, 0, false
+		}
+		out = appendHeader(buf[:0], req.wire, q, a.flags, a.an, a.ns, a.ar)
+		out = append(out, a.body...)
+	default: // see answerPool
+		rcode = dns.RcodeServerFailure
+		out = appendHeader(buf[:0], req.wire, q, uint16(rcode), 0, 0, 0)
+	}
+	if q.edns {
+		out = appendOPT(out, st, q)
+	}
+	return out, rcode, true
 }
 
 // appendOPT appends our OPT record, as responseOPT builds it for the slow path.

@@ -31,7 +31,7 @@ func TestFastPathEqualsSlowPath(t *testing.T) {
 			if fs, ss := strings.ToLower(f.String()), strings.ToLower(s.String()); fs != ss {
 				t.Errorf("%v:\nfast:\n%s\nslow:\n%s", p, fs, ss)
 			}
-			if _, _, ok := fastAnswer(st, make([]byte, 65535), mustPack(t, q), tcp); ok {
+			if _, _, ok := fastAnswer(st, make([]byte, 65535), request{wire: mustPack(t, q), tcp: tcp}); ok {
 				fastHits++
 			}
 		}

@@ -41,14 +41,16 @@ type State struct {
 	Zones   *zones.Set
 	Options Options
 
-	prepared *prepared // nil: every query takes the slow path
+	prepared *prepared   // nil: every query takes the slow path
+	pools    []*poolSlot // by the zones' binding numbers
 }
 
-// NewState builds the state for zs and opts, with the ready-made replies of
-// the fast path; it takes a while for a large zone, which is why it happens
+// NewState builds the state for zs, opts and the pools the zones' bindings
+// number (binding Pool i is pools[i]), with the ready-made replies of the
+// fast path; that takes a while for a large zone, which is why it happens
 // here, before the state is swapped in, and not on the query path.
-func NewState(zs *zones.Set, opts Options) *State {
-	st := &State{Zones: zs, Options: opts}
+func NewState(zs *zones.Set, opts Options, pools ...PoolSpec) *State {
+	st := &State{Zones: zs, Options: opts, pools: newSlots(pools)}
 	st.prepared = prepare(st)
 	return st
 }
@@ -61,12 +63,14 @@ type Handler struct {
 	panics   atomic.Uint64
 	metrics  *metrics
 	queryLog queryLog
+	pools    pools
 }
 
 // NewHandler returns a handler serving st.
 func NewHandler(st *State, log *slog.Logger) *Handler {
 	h := &Handler{log: log, metrics: newMetrics()}
 	h.metrics.addZones(st)
+	h.pools.fill(st, nil, time.Now())
 	h.state.Store(st)
 	return h
 }
@@ -75,6 +79,9 @@ func NewHandler(st *State, log *slog.Logger) *Handler {
 // being answered finish with the state they started with.
 func (h *Handler) Swap(st *State) {
 	h.metrics.addZones(st)
+	// The new state's pools start from the latest snapshot and keep the
+	// answer ledgers of the pools they replace.
+	h.pools.fill(st, h.state.Load(), time.Now())
 	h.state.Store(st)
 }
 
@@ -151,8 +158,8 @@ func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo)
 		return nil, replyInfo{} // not a query: answering responses invites loops
 	}
 	if st.prepared != nil {
-		if out, a, ok := fastAnswer(st, buf, req.wire, req.tcp); ok {
-			return out, replyInfo{answered: true, zone: a.zone, qtype: a.qtype, rcode: int(a.flags & 0xF), fast: true}
+		if out, info, ok := fastAnswer(st, buf, req); ok {
+			return out, info
 		}
 	}
 	m := new(dns.Msg)
@@ -174,8 +181,8 @@ func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo)
 			return out, info
 		}
 	}
-	resp, zone := answer(st, m, req)
-	out, err := pack(resp, buf, limit(m, req.tcp, st.Options.MaxUDPSize))
+	resp, zone, dynamic := answer(st, m, req)
+	out, err := pack(resp, buf, limit(m, req.tcp, st.Options.MaxUDPSize), dynamic)
 	if err != nil {
 		h.log.Error("packing a response", "question", m.Question, "err", err)
 		resp.Rcode = dns.RcodeServerFailure

@@ -9,8 +9,16 @@ import (
 // loss sets TC so the resolver asks again over TCP (RFC 9471). If the answer
 // or authority section does not fit either, both are emptied and TC is set:
 // a partial RRset must never be sent (RFC 2181 section 9).
-func pack(r *dns.Msg, buf []byte, limit int) ([]byte, error) {
+//
+// dynamic counts the pool records at the end of the answer section: those
+// are dropped, down to one, before anything else, since a smaller answer
+// serves the client better than a truncated one.
+func pack(r *dns.Msg, buf []byte, limit, dynamic int) ([]byte, error) {
 	out, err := r.PackBuffer(buf)
+	for ; err == nil && len(out) > limit && dynamic > 1; dynamic-- {
+		r.Answer = r.Answer[:len(r.Answer)-1]
+		out, err = r.PackBuffer(buf)
+	}
 	if err != nil || len(out) <= limit {
 		return out, err
 	}

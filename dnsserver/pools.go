@@ -1,0 +1,191 @@
+package dnsserver
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/health"
+	"github.com/farmdns/farmdns/policy"
+)
+
+// PoolSpec is one load-balanced name: where it is in the DNS, which Consul
+// services feed it, and how its answers are chosen.
+type PoolSpec struct {
+	// Name is the owner name, fully qualified and lower case.
+	Name string
+	// Zone is the origin of the zone that holds Name.
+	Zone string
+	// Service is the Consul service of the targets (the nodes).
+	Service string
+	// LBService is the Consul service of the shards' load balancers; shards
+	// mode only.
+	LBService string
+	// Policy is how answers are chosen.
+	Policy policy.Config
+}
+
+// poolSlot holds the current policy.Pool of one PoolSpec. The State owns the
+// slots; snapshots from Consul replace the pool inside, never the slot, so a
+// query always finds its pool where the zone's binding says.
+type poolSlot struct {
+	spec     PoolSpec
+	cur      atomic.Pointer[policy.Pool]
+	outcomes [4]atomic.Uint64 // by policy.Outcome
+}
+
+func newSlots(specs []PoolSpec) []*poolSlot {
+	slots := make([]*poolSlot, len(specs))
+	for i, s := range specs {
+		slots[i] = &poolSlot{spec: s}
+	}
+	return slots
+}
+
+// pools feeds the State's slots from health snapshots. Building a
+// policy.Pool is serialised (each carries its ledger over from the one
+// before); reading one never waits.
+type pools struct {
+	mu     sync.Mutex
+	latest map[string][]health.Target // by Consul service, from the latest snapshot
+}
+
+// fill builds the pools of st's slots from the latest snapshot, carrying each
+// one's ledger over from prev's slot of the same name (nil: none).
+func (p *pools) fill(st, prev *State, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := map[string]*poolSlot{}
+	if prev != nil {
+		for _, s := range prev.pools {
+			old[s.spec.Name] = s
+		}
+	}
+	for _, s := range st.pools {
+		if o := old[s.spec.Name]; o != nil && o != s {
+			s.cur.Store(o.cur.Load())
+			for i := range s.outcomes {
+				s.outcomes[i].Store(o.outcomes[i].Load())
+			}
+		}
+		p.rebuild(s, now)
+	}
+}
+
+// update takes in the targets of every service and rebuilds every pool of st.
+func (p *pools) update(st *State, latest map[string][]health.Target, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.latest = latest
+	for _, s := range st.pools {
+		p.rebuild(s, now)
+	}
+}
+
+func (p *pools) rebuild(s *poolSlot, now time.Time) {
+	var lbs []health.Target
+	if s.spec.LBService != "" {
+		lbs = p.latest[s.spec.LBService]
+	}
+	s.cur.Store(policy.NewPool(s.spec.Policy, p.latest[s.spec.Service], lbs, s.cur.Load(), now))
+}
+
+// UpdatePools rebuilds every pool from snap; call it for each new snapshot.
+func (h *Handler) UpdatePools(snap *health.Snapshot) {
+	latest := map[string][]health.Target{}
+	for _, hp := range snap.Pools() {
+		latest[hp.Name()] = hp.Targets()
+	}
+	h.pools.update(h.state.Load(), latest, time.Now())
+}
+
+// choice is one pool's answer to one query.
+type choice struct {
+	picked  []int
+	ttl     uint32
+	outcome policy.Outcome
+	pool    *policy.Pool
+}
+
+// choose asks the pool of slot for the records of one answer. dst should have
+// capacity policy.MaxAnswers, so that nothing is allocated.
+func choose(s *poolSlot, dst []int, qtype uint16, client netip.Addr) choice {
+	fam := policy.IPv4
+	if qtype == dns.TypeAAAA {
+		fam = policy.IPv6
+	}
+	p := s.cur.Load()
+	if p == nil {
+		return choice{outcome: policy.OutcomeNoData}
+	}
+	picked, ttl, out := p.Choose(dst, fam, clientKey(client, s.spec.Name), time.Now().UnixNano())
+	s.outcomes[out].Add(1)
+	return choice{picked: picked, ttl: ttl, outcome: out, pool: p}
+}
+
+// clientKey names the asker for the policy's sticky choice: the client's
+// /24 (IPv4) or /56 (IPv6), so that one resolver's A and AAAA queries for
+// the same name get the same nodes. Nothing is allocated.
+func clientKey(a netip.Addr, name string) uint64 {
+	b := a.Unmap().As16()
+	if a.Unmap().Is4() {
+		b[15] = 0
+	} else {
+		clear(b[7:])
+	}
+	h := uint64(14695981039346656037) // FNV-1a
+	for _, c := range b {
+		h = (h ^ uint64(c)) * 1099511628211
+	}
+	for i := 0; i < len(name); i++ {
+		h = (h ^ uint64(name[i])) * 1099511628211
+	}
+	return h
+}
+
+// addressRR returns the A or AAAA record of target i of a choice.
+func (c *choice) addressRR(name string, i int) dns.RR {
+	hdr := dns.RR_Header{Name: name, Class: dns.ClassINET, Ttl: c.ttl}
+	addr := c.pool.Records()[i].Address
+	if addr.Is4() {
+		hdr.Rrtype = dns.TypeA
+		return &dns.A{Hdr: hdr, A: addr.AsSlice()}
+	}
+	hdr.Rrtype = dns.TypeAAAA
+	return &dns.AAAA{Hdr: hdr, AAAA: addr.AsSlice()}
+}
+
+// appendAddressRecords appends the records of a choice in wire form, each
+// owned by the question's name (a pointer to offset 12), at most n of them.
+func (c *choice) appendAddressRecords(out []byte, n int) ([]byte, int) {
+	records := c.pool.Records()
+	written := 0
+	for _, i := range c.picked {
+		if written == n {
+			break
+		}
+		addr := records[i].Address
+		t, l := dns.TypeA, 4
+		if addr.Is6() {
+			t, l = dns.TypeAAAA, 16
+		}
+		out = append(out, 0xC0, headerLen)
+		out = binary.BigEndian.AppendUint16(out, t)
+		out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+		out = binary.BigEndian.AppendUint32(out, c.ttl)
+		out = binary.BigEndian.AppendUint16(out, uint16(l))
+		if addr.Is4() {
+			a := addr.As4()
+			out = append(out, a[:]...)
+		} else {
+			a := addr.As16()
+			out = append(out, a[:]...)
+		}
+		written++
+	}
+	return out, written
+}
