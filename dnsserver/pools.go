@@ -95,10 +95,20 @@ func (p *pools) rebuild(s *poolSlot, now time.Time) {
 }
 
 // UpdatePools rebuilds every pool from snap; call it for each new snapshot.
+// A service the snapshot has not synced yet (a watcher just started, Consul
+// not answering) keeps the targets it had: pools never empty because Consul
+// went away.
 func (h *Handler) UpdatePools(snap *health.Snapshot) {
-	latest := map[string][]health.Target{}
+	h.pools.mu.Lock()
+	latest := make(map[string][]health.Target, len(h.pools.latest))
+	for k, v := range h.pools.latest {
+		latest[k] = v
+	}
+	h.pools.mu.Unlock()
 	for _, hp := range snap.Pools() {
-		latest[hp.Name()] = hp.Targets()
+		if hp.Synced() {
+			latest[hp.Name()] = hp.Targets()
+		}
 	}
 	h.pools.update(h.state.Load(), latest, time.Now())
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -16,18 +17,26 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/farmdns/farmdns/dnsserver"
+	"github.com/farmdns/farmdns/health"
+	"github.com/farmdns/farmdns/policy"
 	"github.com/farmdns/farmdns/zones"
 )
+
+// processSeed makes this instance's random choices its own: two farmdns
+// instances answering the same resolvers must not agree on the same targets.
+var processSeed = rand.Uint64()
 
 // Config is the server's YAML configuration. Unknown keys are errors, so a
 // typo never silently falls back to a default.
 type Config struct {
-	DNS   DNSConfig    `yaml:"dns"`
-	HTTP  HTTPConfig   `yaml:"http"`
-	Log   LogConfig    `yaml:"log"`
-	Zones []ZoneConfig `yaml:"zones"`
+	DNS    DNSConfig     `yaml:"dns"`
+	HTTP   HTTPConfig    `yaml:"http"`
+	Log    LogConfig     `yaml:"log"`
+	Consul ConsulSection `yaml:"consul"`
+	Zones  []ZoneConfig  `yaml:"zones"`
 
-	dir string // relative zone files are read from here
+	dir  string // relative zone files are read from here
+	seed uint64 // this process's random seed for the policies
 }
 
 // DNSConfig is the `dns:` block.
@@ -60,10 +69,58 @@ type LogConfig struct {
 	QuerySample uint32 `yaml:"query_sample"`
 }
 
+// ConsulSection is the `consul:` block: the client settings, shared with
+// farmdns-agent, and how the watcher treats what it reads.
+type ConsulSection struct {
+	health.ConsulConfig `yaml:",inline"`
+	LoadPrefix          string        `yaml:"load_prefix"`
+	MaxReportAge        time.Duration `yaml:"max_report_age"`
+	MaxStaleness        time.Duration `yaml:"max_staleness"`
+}
+
 // ZoneConfig is one entry of `zones:`.
 type ZoneConfig struct {
-	Origin string `yaml:"origin"`
-	File   string `yaml:"file"`
+	Origin string       `yaml:"origin"`
+	File   string       `yaml:"file"`
+	Pools  []PoolConfig `yaml:"pools"`
+}
+
+// PoolConfig is one load-balanced name of a zone. Unset keys take the
+// policy's defaults (policy.DefaultConfig), which the simulator chose.
+type PoolConfig struct {
+	Name      string          `yaml:"name"`       // owner, relative to the origin; "@" is the apex
+	Service   string          `yaml:"service"`    // Consul service of the targets
+	Mode      *policy.Mode    `yaml:"mode"`       // nodes | shards
+	Answers   *int            `yaml:"answers"`    // records per answer
+	TTL       *time.Duration  `yaml:"ttl"`        // whole seconds
+	Policy    *policy.Kind    `yaml:"policy"`     // least-loaded | weighted | round-robin
+	Capacity  *int64          `yaml:"capacity"`   // per target, when Consul gives none
+	ShardMeta string          `yaml:"shard_meta"` // shards mode: service meta key naming the shard
+	LBService string          `yaml:"lb_service"` // shards mode: Consul service of the shards' LBs
+	OnEmpty   *policy.OnEmpty `yaml:"on_empty"`   // fail-open | nodata | servfail
+	SlowStart *time.Duration  `yaml:"slow_start"` // ramp-up of a new or recovered target; 0s: off
+	TTLJitter *float64        `yaml:"ttl_jitter"` // largest relative change of each answer's TTL
+}
+
+// policyConfig is the pool's policy: the defaults, with what the pool sets.
+func (p PoolConfig) policyConfig() policy.Config {
+	c := policy.DefaultConfig()
+	set(&c.Mode, p.Mode)
+	set(&c.Answers, p.Answers)
+	set(&c.TTL, p.TTL)
+	set(&c.Policy, p.Policy)
+	set(&c.Capacity, p.Capacity)
+	set(&c.OnEmpty, p.OnEmpty)
+	set(&c.SlowStart, p.SlowStart)
+	set(&c.TTLJitter, p.TTLJitter)
+	c.ShardMeta = p.ShardMeta
+	return c
+}
+
+func set[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
+	}
 }
 
 // loadConfig reads and validates the config file; every problem found is
@@ -78,6 +135,7 @@ func loadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	cfg.dir = filepath.Dir(path)
+	cfg.seed = processSeed
 	return cfg, nil
 }
 
@@ -178,8 +236,83 @@ func (c *Config) validate() error {
 		if z.File == "" {
 			bad(key+".file", "missing")
 		}
+		names := map[string]bool{}
+		for j, p := range z.Pools {
+			pkey := fmt.Sprintf("%s.pools[%d]", key, j)
+			switch {
+			case p.Name == "":
+				bad(pkey+".name", "missing")
+			case names[poolOwner(p.Name, origin)]:
+				bad(pkey+".name", "%q is configured twice", p.Name)
+			}
+			names[poolOwner(p.Name, origin)] = true
+			if p.Service == "" {
+				bad(pkey+".service", "missing")
+			}
+			pc := p.policyConfig()
+			if err := pc.Validate(); err != nil {
+				bad(pkey, "%v", err)
+			}
+			if (pc.Mode == policy.Shards) != (p.LBService != "") {
+				bad(pkey+".lb_service", "required in shards mode, and only there")
+			}
+		}
+	}
+	if c.hasPools() {
+		if err := c.Consul.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		for key, d := range map[string]time.Duration{"consul.max_report_age": c.Consul.MaxReportAge, "consul.max_staleness": c.Consul.MaxStaleness} {
+			if d < 0 {
+				bad(key, "must be positive")
+			}
+		}
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) hasPools() bool {
+	for _, z := range c.Zones {
+		if len(z.Pools) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// poolOwner is the absolute, lower-case owner name of a pool.
+func poolOwner(name, origin string) string {
+	switch {
+	case name == "@":
+		return origin
+	case dns.IsFqdn(name):
+		return dns.CanonicalName(name)
+	}
+	return dns.CanonicalName(name + "." + origin)
+}
+
+// watcherConfig is what the Consul watcher must watch for the pools: every
+// service and LB service, with the capacity the first pool naming it gives.
+func (c *Config) watcherConfig() health.WatcherConfig {
+	wc := health.WatcherConfig{
+		LoadPrefix:   c.Consul.LoadPrefix,
+		MaxReportAge: c.Consul.MaxReportAge,
+		MaxStaleness: c.Consul.MaxStaleness,
+		AllowStale:   c.Consul.AllowStale,
+	}
+	seen := map[string]bool{}
+	for _, z := range c.Zones {
+		for _, p := range z.Pools {
+			pc := p.policyConfig()
+			for _, svc := range []string{p.Service, p.LBService} {
+				if svc != "" && !seen[svc] {
+					seen[svc] = true
+					wc.Services = append(wc.Services, health.ServiceConfig{Name: svc, DefaultCapacity: pc.Capacity})
+				}
+			}
+		}
+	}
+	return wc
 }
 
 func validName(s string) bool {
@@ -211,8 +344,19 @@ func (c *Config) zoneFile(z ZoneConfig) string {
 func buildState(c *Config) (*dnsserver.State, error) {
 	var errs []error
 	var zs []*zones.Zone
+	var specs []dnsserver.PoolSpec
 	for _, zc := range c.Zones {
-		z, err := zones.Load(zc.Origin, c.zoneFile(zc))
+		origin := dns.CanonicalName(zc.Origin)
+		var bindings []zones.Binding
+		for _, p := range zc.Pools {
+			bindings = append(bindings, zones.Binding{Name: p.Name, Types: []uint16{dns.TypeA, dns.TypeAAAA}, Pool: len(specs)})
+			pc := p.policyConfig()
+			pc.Seed = c.seed
+			specs = append(specs, dnsserver.PoolSpec{
+				Name: poolOwner(p.Name, origin), Zone: origin, Service: p.Service, LBService: p.LBService, Policy: pc,
+			})
+		}
+		z, err := zones.Load(zc.Origin, c.zoneFile(zc), bindings...)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -238,5 +382,5 @@ func buildState(c *Config) (*dnsserver.State, error) {
 		p, _ := parsePrefix(s) // validated
 		opts.TransferFrom = append(opts.TransferFrom, p)
 	}
-	return dnsserver.NewState(set, opts), nil
+	return dnsserver.NewState(set, opts, specs...), nil
 }

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/farmdns/farmdns/dnsserver"
+	"github.com/farmdns/farmdns/health"
 )
 
 func main() {
@@ -110,6 +112,10 @@ type server struct {
 
 	reloadOK   prometheus.Gauge
 	reloadTime prometheus.Gauge
+
+	ctx     context.Context // the server's lifetime, for watchers started on reload
+	watch   *watch          // nil without pools
+	watcher atomic.Pointer[health.Watcher]
 	// reloaded, if set, is told the outcome of every reload.
 	reloaded chan<- error
 }
@@ -143,7 +149,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		h.Collector(), s.reloadOK, s.reloadTime,
+		h.Collector(), s.reloadOK, s.reloadTime, watcherCollector{s},
 	)
 	s.web = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	return s
@@ -151,7 +157,12 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 
 // start binds every socket; nothing is served unless all of them bind.
 func (s *server) start(ctx context.Context) error {
+	s.ctx = ctx
+	if err := s.startWatch(s.cfg); err != nil {
+		return err
+	}
 	if err := s.dns.Start(ctx); err != nil {
+		s.stopWatch()
 		return err
 	}
 	ln, err := net.Listen("tcp", s.cfg.HTTP.Listen)
@@ -187,7 +198,9 @@ func (s *server) run(ctx context.Context) error {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			s.web.Shutdown(sctx)
-			return s.dns.Shutdown(sctx)
+			err := s.dns.Shutdown(sctx)
+			s.stopWatch()
+			return err
 		}
 	}
 }
@@ -205,6 +218,14 @@ func (s *server) reload() error {
 	s.reloadTime.SetToCurrentTime()
 	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(s.cfg.DNS.Listen, ",") || cfg.HTTP.Listen != s.cfg.HTTP.Listen {
 		s.log.Warn("listen addresses changed; they take effect on restart")
+	}
+	if watchKey(cfg) != watchKey(s.cfg) {
+		// Other services or Consul settings: a new watcher. The pools keep
+		// their targets until it has synced.
+		s.stopWatch()
+		if err := s.startWatch(cfg); err != nil {
+			s.log.Error("Consul watcher not restarted", "err", err)
+		}
 	}
 	s.cfg = cfg
 	s.handler.Swap(st)
@@ -244,6 +265,14 @@ func (s *server) httpHandler() http.Handler {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if wt := s.watcher.Load(); wt != nil {
+			if ok, why := wt.Ready(); !ok {
+				// Still answering from the last good data, but a load
+				// balancer in front should prefer an instance that is not.
+				http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+				return
+			}
+		}
 		io.WriteString(w, "ready\n")
 	})
 	return mux

@@ -231,3 +231,57 @@ func TestServeAndReload(t *testing.T) {
 		t.Fatal("server did not stop")
 	}
 }
+
+// TestShippedFarmExampleIsValid loads the production-shaped example, with its
+// systemd credential path pointed at a token file that exists here.
+func TestShippedFarmExampleIsValid(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/example/farmdns-farm.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	zone, err := os.ReadFile("../../deploy/example/farm.example.com.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	token := filepath.Join(dir, "token")
+	os.WriteFile(token, []byte("secret\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "farm.example.com.zone"), zone, 0o644)
+	config := strings.ReplaceAll(string(b), "/run/credentials/farmdns.service/consul-token", token)
+	path := filepath.Join(dir, "farmdns.yaml")
+	os.WriteFile(path, []byte(config), 0o644)
+	cfg, st, err := load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(cfg.Zones[0].Pools); n != 2 || len(cfg.watcherConfig().Services) != 2 {
+		t.Errorf("%d pools watching %v", n, cfg.watcherConfig().Services)
+	}
+	if st.Zones.Find("farm.example.com.") == nil {
+		t.Error("zone not loaded")
+	}
+}
+
+func TestPoolConfigErrors(t *testing.T) {
+	pool := func(p string) string {
+		return baseConfig + "    pools:\n      - name: \"@\"\n        service: ws\n" + p
+	}
+	for _, tt := range []struct{ name, config, want string }{
+		{"unknown key", pool("        answerz: 2\n"), "field answerz not found"},
+		{"bad mode", pool("        mode: cluster\n"), "mode"},
+		{"answers", pool("        answers: 0\n"), "zones[0].pools[0]: answers: 0 is not between 1 and 8"},
+		{"ttl", pool("        ttl: 1500ms\n"), "ttl: 1.5s is not a whole number of seconds"},
+		{"shards without lb", pool("        mode: shards\n        shard_meta: shard\n"), "zones[0].pools[0].lb_service: required in shards mode"},
+		{"no service", strings.Replace(pool(""), "        service: ws\n", "", 1), "zones[0].pools[0].service: missing"},
+		{"twice", pool("      - name: farm.example.com.\n        service: ws\n"), `zones[0].pools[1].name: "farm.example.com." is configured twice`},
+		{"clash", strings.Replace(pool(""), `name: "@"`, "name: www", 1), "pool name www.farm.example.com. clashes with the static A record"},
+		{"consul tls", pool("") + "consul:\n  tls:\n    cert_file: /x\n", "consul.tls"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := load(writeConfig(t, tt.config, goodZone))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
