@@ -7,6 +7,9 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/farmdns/farmdns/health"
+	"github.com/farmdns/farmdns/policy"
 )
 
 // The query path counts into plain atomics; a Collector turns them into
@@ -195,3 +198,74 @@ func rcodeName(r int) string {
 	}
 	return dns.RcodeToString[r]
 }
+
+var (
+	poolAnswersDesc = prometheus.NewDesc("farmdns_pool_answers_total",
+		"Answers that named the target (or LB), by this instance.", []string{"pool", "target"}, nil)
+	poolTargetsDesc = prometheus.NewDesc("farmdns_pool_targets",
+		"Targets of the pool by state: healthy (may be answered: passing or warning, not draining), warning, draining, critical, stale (load report too old).",
+		[]string{"pool", "state"}, nil)
+	poolOutcomesDesc = prometheus.NewDesc("farmdns_pool_outcomes_total",
+		"Choices made for the pool by outcome: answer, fail-open (nothing healthy, answered anyway), nodata, servfail.",
+		[]string{"pool", "outcome"}, nil)
+	targetConnsDesc = prometheus.NewDesc("farmdns_target_connections",
+		"Connections the target last reported (KV report or service meta).", []string{"pool", "target"}, nil)
+	targetCapDesc = prometheus.NewDesc("farmdns_target_capacity",
+		"The target's capacity in connections (report, meta or configured default; 0: unlimited).", []string{"pool", "target"}, nil)
+)
+
+// poolCollector exposes every pool's state, read at scrape time, so that a
+// target that leaves Consul leaves the metrics too.
+type poolCollector struct{ h *Handler }
+
+// PoolCollector returns the Prometheus collector of the pools' state.
+func (h *Handler) PoolCollector() prometheus.Collector { return poolCollector{h} }
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolAnswersDesc, poolTargetsDesc, poolOutcomesDesc, targetConnsDesc, targetCapDesc} {
+		ch <- d
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	c.h.pools.mu.Lock()
+	latest := c.h.pools.latest
+	c.h.pools.mu.Unlock()
+	for _, s := range c.h.state.Load().pools {
+		name := s.spec.Name
+		for i := range s.outcomes {
+			ch <- prometheus.MustNewConstMetric(poolOutcomesDesc, prometheus.CounterValue, float64(s.outcomes[i].Load()), name, policy.Outcome(i).String())
+		}
+		if p := s.cur.Load(); p != nil {
+			for _, t := range p.Stats(now) {
+				ch <- prometheus.MustNewConstMetric(poolAnswersDesc, prometheus.CounterValue, float64(t.Answers), name, t.Node+"/"+t.ServiceID)
+			}
+		}
+		var states [len(stateNames)]int
+		for _, t := range latest[s.spec.Service] {
+			label := t.Node + "/" + t.ServiceID
+			ch <- prometheus.MustNewConstMetric(targetConnsDesc, prometheus.GaugeValue, float64(t.Load.Connections), name, label)
+			ch <- prometheus.MustNewConstMetric(targetCapDesc, prometheus.GaugeValue, float64(t.Load.Capacity), name, label)
+			if t.Eligible() {
+				states[0]++
+			}
+			switch {
+			case t.Draining:
+				states[2]++
+			case t.Health == health.HealthWarning:
+				states[1]++
+			case t.Health == health.HealthCritical:
+				states[3]++
+			}
+			if t.Load.State == health.LoadStale {
+				states[4]++
+			}
+		}
+		for i, n := range stateNames {
+			ch <- prometheus.MustNewConstMetric(poolTargetsDesc, prometheus.GaugeValue, float64(states[i]), name, n)
+		}
+	}
+}
+
+var stateNames = [...]string{"healthy", "warning", "draining", "critical", "stale"}

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/policy"
@@ -257,3 +260,70 @@ func BenchmarkServePool(b *testing.B) {
 		h.serve(discard{}, buf, req)
 	}
 }
+
+func TestPoolMetrics(t *testing.T) {
+	services := farmServices()
+	services["ws"][2].Health = health.HealthWarning
+	services["ws"][4].Load.State = health.LoadStale
+	h := farmHandler(t, policy.EmptyFailOpen, services)
+	for i := range 5 {
+		serveFrom(t, h, query("farm.example.", dns.TypeA), fmt.Sprintf("198.51.%d.1", i))
+	}
+	want := `
+# HELP farmdns_pool_targets Targets of the pool by state: healthy (may be answered: passing or warning, not draining), warning, draining, critical, stale (load report too old).
+# TYPE farmdns_pool_targets gauge
+farmdns_pool_targets{pool="farm.example.",state="critical"} 0
+farmdns_pool_targets{pool="farm.example.",state="draining"} 1
+farmdns_pool_targets{pool="farm.example.",state="healthy"} 4
+farmdns_pool_targets{pool="farm.example.",state="stale"} 1
+farmdns_pool_targets{pool="farm.example.",state="warning"} 1
+farmdns_pool_targets{pool="lb.farm.example.",state="critical"} 0
+farmdns_pool_targets{pool="lb.farm.example.",state="draining"} 1
+farmdns_pool_targets{pool="lb.farm.example.",state="healthy"} 4
+farmdns_pool_targets{pool="lb.farm.example.",state="stale"} 1
+farmdns_pool_targets{pool="lb.farm.example.",state="warning"} 1
+`
+	c := h.PoolCollector()
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "farmdns_pool_targets"); err != nil {
+		t.Error(err)
+	}
+	var total float64
+	for _, n := range []string{"n1", "n2", "n3", "n6"} {
+		total += testutil.ToFloat64(constMetric(t, c, "farmdns_pool_answers_total", `pool="farm.example.",target="`+n+`/ws-`+n+`"`))
+	}
+	if total != 10 {
+		t.Errorf("%v answers counted over the targets, want 10 (5 answers of 2)", total)
+	}
+	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", err, problems)
+	}
+}
+
+// constMetric finds one series of a collector by name and label text.
+func constMetric(t *testing.T, c prometheus.Collector, name, labels string) prometheus.Collector {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 1000)
+	c.Collect(ch)
+	close(ch)
+	for m := range ch {
+		var d dto.Metric
+		m.Write(&d)
+		text := ""
+		for _, l := range d.Label {
+			if text != "" {
+				text += ","
+			}
+			text += l.GetName() + `="` + l.GetValue() + `"`
+		}
+		if strings.Contains(m.Desc().String(), `"`+name+`"`) && text == labels {
+			return constCollector{m}
+		}
+	}
+	t.Fatalf("no %s{%s}", name, labels)
+	return nil
+}
+
+type constCollector struct{ m prometheus.Metric }
+
+func (c constCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.m.Desc() }
+func (c constCollector) Collect(ch chan<- prometheus.Metric) { ch <- c.m }

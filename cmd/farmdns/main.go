@@ -149,7 +149,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		h.Collector(), s.reloadOK, s.reloadTime, watcherCollector{s},
+		h.Collector(), h.PoolCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
 	)
 	s.web = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	return s
