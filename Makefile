@@ -1,6 +1,6 @@
 # farmdns: `make test` installs what the tests need and runs them all.
 GO ?= go
-APT_PACKAGES := knot dnsutils dnsperf prometheus
+APT_PACKAGES := knot dnsutils dnsperf prometheus chromium
 
 .PHONY: test test-deps check build run bench fuzz
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,8 @@ type Options struct {
 	MaxUDPSize uint16
 	// TransferFrom lists the clients that may transfer zones (AXFR over TCP).
 	TransferFrom []netip.Prefix
+	// StatusFrom lists the clients that may ask TXT _status.<zone>.
+	StatusFrom []netip.Prefix
 }
 
 // DefaultMaxUDPSize is the default of Options.MaxUDPSize.
@@ -178,6 +181,19 @@ func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo)
 		} else if rcode != dns.RcodeSuccess {
 			info.rcode = rcode
 			out, _ := refuse(m, rcode).PackBuffer(buf)
+			return out, info
+		}
+	}
+	if len(m.Question) == 1 && m.Opcode == dns.OpcodeQuery {
+		if rrs, ok := h.statusTXT(st, m.Question[0], req.remote); ok {
+			opt, _ := checkEDNS(m)
+			r := reply(m)
+			r.Authoritative, r.Answer = true, rrs
+			out, err := pack(withOPT(r, opt, st), buf, limit(m, req.tcp, st.Options.MaxUDPSize), 0)
+			if err != nil {
+				out = headerOnly(buf, req.wire, dns.RcodeServerFailure)
+			}
+			info.zone, info.truncated = strings.ToLower(m.Question[0].Name[len(statusLabel):]), r.Truncated
 			return out, info
 		}
 	}

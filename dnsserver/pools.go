@@ -91,7 +91,13 @@ func (p *pools) rebuild(s *poolSlot, now time.Time) {
 	if s.spec.LBService != "" {
 		lbs = p.latest[s.spec.LBService]
 	}
-	s.cur.Store(policy.NewPool(s.spec.Policy, p.latest[s.spec.Service], lbs, s.cur.Load(), now))
+	prev := s.cur.Load()
+	if prev != nil && len(prev.Stats(now)) == 0 {
+		// Nothing to carry over, and the first targets a pool sees (at
+		// start-up, say) are not "new" next to each other: no slow start.
+		prev = nil
+	}
+	s.cur.Store(policy.NewPool(s.spec.Policy, p.latest[s.spec.Service], lbs, prev, now))
 }
 
 // UpdatePools rebuilds every pool from snap; call it for each new snapshot.

@@ -50,7 +50,7 @@ func farmHandler(t *testing.T, onEmpty policy.OnEmpty, services map[string][]hea
 	shards.Mode = policy.Shards
 	shards.ShardMeta = "shard"
 	shards.Answers = 2
-	st := NewState(set, Options{MaxUDPSize: DefaultMaxUDPSize},
+	st := NewState(set, Options{MaxUDPSize: DefaultMaxUDPSize, StatusFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
 		PoolSpec{Name: "farm.example.", Zone: "farm.example.", Service: "ws", Policy: nodes},
 		PoolSpec{Name: "lb.farm.example.", Zone: "farm.example.", Service: "ws", LBService: "ws-lb", Policy: shards})
 	h := NewHandler(st, testLogger(t))
@@ -327,3 +327,30 @@ type constCollector struct{ m prometheus.Metric }
 
 func (c constCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.m.Desc() }
 func (c constCollector) Collect(ch chan<- prometheus.Metric) { ch <- c.m }
+
+func TestStatusTXT(t *testing.T) {
+	h := farmHandler(t, policy.EmptyFailOpen, farmServices())
+	serveFrom(t, h, query("farm.example.", dns.TypeA), "198.51.1.1")
+	r := serveMsg(t, h, query("_STATUS.farm.example.", dns.TypeTXT), true) // from 127.0.0.1
+	var lines []string
+	for _, rr := range r.Answer {
+		lines = append(lines, strings.Join(rr.(*dns.TXT).Txt, ""))
+	}
+	text := strings.Join(lines, "\n")
+	for _, want := range []string{
+		"pool=farm.example. service=ws mode=nodes policy=least-loaded targets=5 answer=1",
+		"pool=farm.example. node=n4/ws-n4 addr=192.0.2.14 health=passing draining=true eligible=false conns=0 cap=1000",
+		"pool=lb.farm.example. lb=lb-b1/ws-lb-b1 addr=192.0.2.111",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("_status lacks %q:\n%s", want, text)
+		}
+	}
+	if !r.Authoritative || r.Rcode != dns.RcodeSuccess {
+		t.Errorf("_status reply %v", r.MsgHdr)
+	}
+	// Anyone else sees the zone as it is: no such name.
+	if r := serveFrom(t, h, query("_status.farm.example.", dns.TypeTXT), "198.51.2.1"); r.Rcode != dns.RcodeNameError {
+		t.Errorf("_status for a stranger: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+}

@@ -16,14 +16,7 @@ func isTransfer(q *dns.Msg) bool {
 // transferZone decides a zone transfer over TCP: the zone to send, or the
 // rcode to refuse with (0 means: not a transfer after all, answer normally).
 func (h *Handler) transferZone(st *State, q *dns.Msg, req request) (*zones.Zone, int) {
-	allowed := false
-	for _, p := range st.Options.TransferFrom {
-		if p.Contains(req.remote.Unmap()) {
-			allowed = true
-			break
-		}
-	}
-	if !allowed {
+	if !allowed(st.Options.TransferFrom, req.remote) {
 		return nil, dns.RcodeRefused
 	}
 	if _, rcode := checkEDNS(q); rcode != dns.RcodeSuccess || q.Question[0].Qclass != dns.ClassINET {

@@ -54,6 +54,8 @@ type DNSConfig struct {
 	MaxTCPConnections int           `yaml:"max_tcp_connections"`
 	// TransferAllow lists addresses or prefixes allowed to AXFR over TCP.
 	TransferAllow []string `yaml:"transfer_allow"`
+	// StatusAllow lists who may ask TXT _status.<zone>; default: loopback.
+	StatusAllow []string `yaml:"status_allow"`
 }
 
 // HTTPConfig is the `http:` block.
@@ -167,6 +169,9 @@ func (c *Config) setDefaults() {
 	if c.DNS.Identity == nil {
 		c.DNS.Identity = c.DNS.NSID
 	}
+	if c.DNS.StatusAllow == nil {
+		c.DNS.StatusAllow = []string{"127.0.0.0/8", "::1"}
+	}
 	if c.DNS.MaxUDPSize == 0 {
 		c.DNS.MaxUDPSize = dnsserver.DefaultMaxUDPSize
 	}
@@ -206,9 +211,11 @@ func (c *Config) validate() error {
 	if c.DNS.MaxTCPConnections < 0 {
 		bad("dns.max_tcp_connections", "must be positive")
 	}
-	for i, s := range c.DNS.TransferAllow {
-		if _, err := parsePrefix(s); err != nil {
-			bad(fmt.Sprintf("dns.transfer_allow[%d]", i), "%v", err)
+	for key, list := range map[string][]string{"dns.transfer_allow": c.DNS.TransferAllow, "dns.status_allow": c.DNS.StatusAllow} {
+		for i, s := range list {
+			if _, err := parsePrefix(s); err != nil {
+				bad(fmt.Sprintf("%s[%d]", key, i), "%v", err)
+			}
 		}
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
@@ -331,6 +338,16 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
+// prefixes converts validated addresses and prefixes.
+func prefixes(list []string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(list))
+	for _, s := range list {
+		p, _ := parsePrefix(s)
+		out = append(out, p)
+	}
+	return out
+}
+
 // zoneFile resolves a zone file name against the config file's directory.
 func (c *Config) zoneFile(z ZoneConfig) string {
 	if filepath.IsAbs(z.File) {
@@ -378,9 +395,7 @@ func buildState(c *Config) (*dnsserver.State, error) {
 	if *c.DNS.Identity != "" {
 		opts.Identity = c.DNS.Identity
 	}
-	for _, s := range c.DNS.TransferAllow {
-		p, _ := parsePrefix(s) // validated
-		opts.TransferFrom = append(opts.TransferFrom, p)
-	}
+	opts.TransferFrom = prefixes(c.DNS.TransferAllow)
+	opts.StatusFrom = prefixes(c.DNS.StatusAllow)
 	return dnsserver.NewState(set, opts, specs...), nil
 }

@@ -398,9 +398,9 @@ func TestDeployPromSelectors(t *testing.T) {
 	}
 }
 
-// deployTool returns the path of an external tool, or skips the test; with
+// requireTool returns the path of an external tool, or skips the test; with
 // CI=true and required set, a missing tool fails it.
-func deployTool(t *testing.T, name string, required bool) string {
+func requireTool(t *testing.T, name string, required bool) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err == nil {
@@ -441,7 +441,7 @@ type deployRules struct {
 // TestDeployRulesPromtool checks the rules and runs their unit tests.
 func TestDeployRulesPromtool(t *testing.T) {
 	t.Parallel()
-	promtool := deployTool(t, "promtool", true)
+	promtool := requireTool(t, "promtool", true)
 	dir := filepath.Join(deployDir, "prometheus")
 	if out, err := deployRun(t, dir, promtool, "check", "rules", "farmdns.rules.yml"); err != nil {
 		t.Errorf("promtool check rules: %v\n%s", err, out)
@@ -750,7 +750,7 @@ func TestDeployDashboard(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	promtool := deployTool(t, "promtool", true)
+	promtool := requireTool(t, "promtool", true)
 	// Grafana's variables become values PromQL accepts where they stand: an
 	// interval inside [], a string inside a matcher.
 	interval := regexp.MustCompile(`\$__(rate_interval|interval|range)\b`)

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -113,6 +114,10 @@ type server struct {
 	reloadOK   prometheus.Gauge
 	reloadTime prometheus.Gauge
 
+	recent     recentAnswers
+	mu         sync.Mutex // guards lastReload
+	lastReload reloadStatus
+
 	ctx     context.Context // the server's lifetime, for watchers started on reload
 	watch   *watch          // nil without pools
 	watcher atomic.Pointer[health.Watcher]
@@ -146,6 +151,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 	}
 	s.reloadOK.Set(1)
 	s.reloadTime.SetToCurrentTime()
+	s.lastReload = reloadStatus{OK: true, At: time.Now()}
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -211,11 +217,17 @@ func (s *server) reload() error {
 	cfg, st, err := load(s.path)
 	if err != nil {
 		s.reloadOK.Set(0)
+		s.mu.Lock()
+		s.lastReload = reloadStatus{OK: false, At: time.Now(), Last: err.Error()}
+		s.mu.Unlock()
 		s.log.Error("reload failed; still serving the previous configuration", "err", err)
 		return err
 	}
 	s.reloadOK.Set(1)
 	s.reloadTime.SetToCurrentTime()
+	s.mu.Lock()
+	s.lastReload = reloadStatus{OK: true, At: time.Now()}
+	s.mu.Unlock()
 	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(s.cfg.DNS.Listen, ",") || cfg.HTTP.Listen != s.cfg.HTTP.Listen {
 		s.log.Warn("listen addresses changed; they take effect on restart")
 	}
@@ -260,6 +272,8 @@ func (s *server) queryLogHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/querylog", s.queryLogHTTP)
+	mux.HandleFunc("GET /status", s.statusHTML)
+	mux.HandleFunc("GET /status.json", s.statusJSON)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")

@@ -1,0 +1,161 @@
+package dnsserver
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/health"
+	"github.com/farmdns/farmdns/policy"
+)
+
+// PoolStatus is what an operator sees of one pool: on the status page, in
+// /status.json, and in the _status TXT records.
+type PoolStatus struct {
+	Name      string            `json:"name"`
+	Zone      string            `json:"zone"`
+	Service   string            `json:"service"`
+	LBService string            `json:"lb_service,omitempty"`
+	Mode      string            `json:"mode"`
+	Policy    string            `json:"policy"`
+	Answers   int               `json:"answers"`
+	TTL       int               `json:"ttl_seconds"`
+	Outcomes  map[string]uint64 `json:"outcomes"`
+	Targets   []TargetStatus    `json:"targets"`
+}
+
+// TargetStatus is one target (or, in shards mode, one LB) of a pool.
+type TargetStatus struct {
+	Node        string  `json:"node"`
+	ServiceID   string  `json:"service_id"`
+	Address     string  `json:"address"`
+	Port        uint16  `json:"port"`
+	LB          bool    `json:"lb,omitempty"`
+	Shard       string  `json:"shard,omitempty"`
+	Health      string  `json:"health"`
+	Draining    bool    `json:"draining"`
+	Eligible    bool    `json:"eligible"`
+	Connections int64   `json:"connections"`
+	Capacity    int64   `json:"capacity"`
+	LoadState   string  `json:"load_state"`
+	LoadSource  string  `json:"load_source"`
+	ReportAge   float64 `json:"report_age_seconds,omitempty"` // KV reports only
+	Predicted   float64 `json:"predicted_connections"`
+	Answers     uint64  `json:"answers"`
+	// LastAnswered and ExposureEnds tell when a draining target is safe to
+	// stop: no answer naming it is cached (honouring the TTL) after ExposureEnds.
+	LastAnswered  *time.Time `json:"last_answered,omitempty"`
+	ExposureEnds  *time.Time `json:"exposure_ends,omitempty"`
+	SlowStartEnds *time.Time `json:"slow_start_ends,omitempty"`
+}
+
+// PoolsStatus returns the state of every pool, for operators.
+func (h *Handler) PoolsStatus(now time.Time) []PoolStatus {
+	h.pools.mu.Lock()
+	latest := h.pools.latest
+	h.pools.mu.Unlock()
+	var out []PoolStatus
+	for _, s := range h.state.Load().pools {
+		cfg := s.spec.Policy
+		ps := PoolStatus{
+			Name: s.spec.Name, Zone: s.spec.Zone, Service: s.spec.Service, LBService: s.spec.LBService,
+			Mode: cfg.Mode.String(), Policy: cfg.Policy.String(), Answers: cfg.Answers, TTL: int(cfg.TTL / time.Second),
+			Outcomes: map[string]uint64{},
+		}
+		for i := range s.outcomes {
+			ps.Outcomes[policy.Outcome(i).String()] = s.outcomes[i].Load()
+		}
+		byID := map[string]*health.Target{}
+		for _, svc := range []string{s.spec.Service, s.spec.LBService} {
+			for i, t := range latest[svc] {
+				byID[t.Node+"/"+t.ServiceID] = &latest[svc][i]
+			}
+		}
+		if p := s.cur.Load(); p != nil {
+			for _, st := range p.Stats(now) {
+				ts := TargetStatus{
+					Node: st.Node, ServiceID: st.ServiceID, LB: st.LB, Shard: st.Shard, Draining: st.Draining,
+					Eligible: st.Eligible, Predicted: st.Predicted, Answers: st.Answers,
+					LastAnswered: timeOrNil(st.LastAnswered), ExposureEnds: timeOrNil(st.ExposureEnds),
+					SlowStartEnds: timeOrNil(st.SlowStartEnds),
+				}
+				if t := byID[st.Node+"/"+st.ServiceID]; t != nil {
+					ts.Address, ts.Port, ts.Health = t.Address.String(), t.Port, t.Health.String()
+					ts.Connections, ts.Capacity = t.Load.Connections, t.Load.Capacity
+					ts.LoadState, ts.LoadSource = t.Load.State.String(), t.Load.Source.String()
+					if !t.Load.Updated.IsZero() {
+						ts.ReportAge = now.Sub(t.Load.Updated).Seconds()
+					}
+				}
+				ps.Targets = append(ps.Targets, ts)
+			}
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// statusName is the debug name under each zone: TXT records of the zone's
+// pools, to allowed clients (Options.StatusFrom), so that an operator can see
+// with dig what farmdns sees.
+const statusLabel = "_status."
+
+// statusTXT answers TXT _status.<zone> from an allowed client; ok is false
+// when the question is something else, which then gets the usual answer.
+func (h *Handler) statusTXT(st *State, q dns.Question, client netip.Addr) ([]dns.RR, bool) {
+	if q.Qtype != dns.TypeTXT || q.Qclass != dns.ClassINET || !strings.HasPrefix(strings.ToLower(q.Name), statusLabel) || !allowed(st.Options.StatusFrom, client) {
+		return nil, false
+	}
+	zone := strings.ToLower(q.Name[len(statusLabel):])
+	if st.Zones.Find(zone) == nil || st.Zones.Find(zone).Origin != zone {
+		return nil, false
+	}
+	var rrs []dns.RR
+	add := func(format string, args ...any) {
+		rrs = append(rrs, &dns.TXT{
+			Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET},
+			Txt: []string{fmt.Sprintf(format, args...)},
+		})
+	}
+	for _, p := range h.PoolsStatus(time.Now()) {
+		if p.Zone != zone {
+			continue
+		}
+		add("pool=%s service=%s mode=%s policy=%s targets=%d answer=%d fail-open=%d nodata=%d servfail=%d",
+			p.Name, p.Service, p.Mode, p.Policy, len(p.Targets),
+			p.Outcomes["answer"], p.Outcomes["fail-open"], p.Outcomes["nodata"], p.Outcomes["servfail"])
+		for _, t := range p.Targets {
+			role := "node"
+			if t.LB {
+				role = "lb"
+			}
+			add("pool=%s %s=%s/%s addr=%s health=%s draining=%t eligible=%t conns=%d cap=%d load=%s predicted=%.0f answers=%d",
+				p.Name, role, t.Node, t.ServiceID, t.Address, t.Health, t.Draining, t.Eligible,
+				t.Connections, t.Capacity, t.LoadState, t.Predicted, t.Answers)
+		}
+	}
+	if len(rrs) == 0 {
+		add("no pools in %s", zone)
+	}
+	return rrs, true
+}
+
+func allowed(from []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range from {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
