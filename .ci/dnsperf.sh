@@ -38,6 +38,21 @@ awk 'BEGIN { srand(1); for (n = 0; n < 100000; n++) { r = rand(); i = int(rand()
   else if (r < 0.95) print "missing" n ".bench.example A";
   else { j = i - i % 10; t = (n % 3 == 0) ? "MX" : (n % 3 == 1) ? "TXT" : "AAAA"; print "host" j ".bench.example " t } } }' >"$work/queries"
 
+# Pool answers: every query for pool.bench.example gets its own choice among
+# 20 nodes that a real Consul agent holds, loads reported in KV.
+for _ in $(seq 100000); do echo "pool.bench.example A"; done >"$work/pool-queries"
+for _ in $(seq 100000); do echo "host1.bench.example A"; done >"$work/static-queries"
+consul=$(.ci/consul.sh)
+port_consul=28500
+"$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port $port_consul -dns-port -1 -grpc-port -1 \
+  -serf-lan-port 28301 -serf-wan-port 28302 -server-port 28300 -data-dir "$work/consul" >"$work/consul.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do curl -sf "127.0.0.1:$port_consul/v1/status/leader" | grep -q : && break; sleep 0.2; done
+for i in $(seq 1 20); do
+  curl -sf -X PUT "127.0.0.1:$port_consul/v1/catalog/register" -d "{\"Node\":\"n$i\",\"Address\":\"10.1.0.$i\",\"Service\":{\"ID\":\"ws-n$i\",\"Service\":\"ws\",\"Port\":8080}}" >/dev/null
+  curl -sf -X PUT "127.0.0.1:$port_consul/v1/kv/farmdns/load/ws/n$i/ws-n$i" \
+    -d "{\"connections\":$((i * 100)),\"accepted\":$((i * 100)),\"capacity\":20000,\"updated\":\"$(date -u +%FT%TZ)\"}" >/dev/null
+done
+
 port_farm=25353
 port_knot=25354
 cat >"$work/farmdns.yaml" <<CONF
@@ -47,9 +62,16 @@ http:
   listen: "127.0.0.1:0"
 log:
   level: warn
+consul:
+  address: "127.0.0.1:$port_consul"
+  max_report_age: 1h
 zones:
   - origin: bench.example.
     file: $work/bench.zone
+    pools:
+      - name: pool
+        service: ws
+        answers: 3
 CONF
 cat >"$work/knot.conf" <<CONF
 server:
@@ -76,23 +98,33 @@ for port in $port_farm $port_knot; do
   for _ in $(seq 50); do dig +short +time=1 +tries=1 @127.0.0.1 -p $port host1.bench.example A >/dev/null 2>&1 && break; sleep 0.2; done
 done
 
+dig +short @127.0.0.1 -p $port_farm pool.bench.example A | grep -q . || { echo "the pool did not fill from Consul" >&2; exit 1; }
+
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
-printf '%-8s %-6s %10s %12s %10s\n' server round qps "avg lat ms" "cpu %"
+printf '%-14s %-6s %10s %12s %10s\n' server round qps "avg lat ms" "cpu %"
 declare -A total
 for r in $(seq "$rounds"); do
-  for s in farmdns knot; do
-    if [ $s = farmdns ]; then port=$port_farm pid=$farm_pid; else port=$port_knot pid=$knot_pid; fi
+  # farmdns and knot on the 90/5/5 mix; farmdns on one static name and on a
+  # pool's name.
+  for s in farmdns knot farmdns-static farmdns-pool; do
+    case $s in
+      farmdns) port=$port_farm pid=$farm_pid file=queries ;;
+      knot) port=$port_knot pid=$knot_pid file=queries ;;
+      farmdns-static) port=$port_farm pid=$farm_pid file=static-queries ;;
+      farmdns-pool) port=$port_farm pid=$farm_pid file=pool-queries ;;
+    esac
     t0=$(cpu_ticks $pid)
-    out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p $port -d "$work/queries" -l "$secs" -c 8 -q 200 -S 0 2>&1)
+    out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p $port -d "$work/$file" -l "$secs" -c 8 -q 200 -S 0 2>&1)
     t1=$(cpu_ticks $pid)
     qps=$(echo "$out" | awk '/Queries per second/ { print $4 }')
     lat=$(echo "$out" | awk '/Average Latency/ { print $4 * 1000 }')
     cpu=$(( (t1 - t0) * 100 / hz / secs ))
     lost=$(echo "$out" | awk '/Queries lost/ { print $3 }')
-    printf '%-8s %-6s %10.0f %12.3f %10s   lost %s\n' $s $r "$qps" "$lat" "$cpu" "$lost"
+    printf '%-14s %-6s %10.0f %12.3f %10s   lost %s\n' $s $r "$qps" "$lat" "$cpu" "$lost"
     total[$s]=$(awk -v a="${total[$s]:-0}" -v b="$qps" 'BEGIN { print a + b }')
   done
 done
-awk -v f="${total[farmdns]}" -v k="${total[knot]}" -v n="$rounds" \
-  'BEGIN { printf "mean qps: farmdns %.0f, knot %.0f; farmdns/knot = %.2f\n", f / n, k / n, f / k }'
+awk -v f="${total[farmdns]}" -v k="${total[knot]}" -v s="${total[farmdns-static]}" -v p="${total[farmdns-pool]}" -v n="$rounds" \
+  'BEGIN { printf "mean qps, 90/5/5 mix: farmdns %.0f, knot %.0f; farmdns/knot = %.2f\n", f / n, k / n, f / k
+           printf "mean qps, one name: farmdns static %.0f, pool %.0f; pool/static = %.2f\n", s / n, p / n, p / s }'

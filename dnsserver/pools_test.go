@@ -254,10 +254,16 @@ func BenchmarkServePool(b *testing.B) {
 	h := farmHandler(&testing.T{}, policy.EmptyFailOpen, services)
 	wire, _ := query("farm.example.", dns.TypeA).Pack()
 	buf := make([]byte, 65535)
-	req := request{wire: wire, remote: netip.MustParseAddr("127.0.0.1")}
+	// Askers from many /24s: each query is a fresh choice, not a sticky one.
+	var clients [4096]netip.Addr
+	for i := range clients {
+		clients[i] = netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
+	}
 	b.ReportAllocs()
+	i := 0
 	for b.Loop() {
-		h.serve(discard{}, buf, req)
+		h.serve(discard{}, buf, request{wire: wire, remote: clients[i%len(clients)]})
+		i++
 	}
 }
 
