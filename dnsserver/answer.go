@@ -80,7 +80,14 @@ func answerIn(st *State, q *dns.Msg, req request) (*dns.Msg, int) {
 		r.Authoritative = true
 		r.Rcode = dns.RcodeYXDomain
 	case zones.Dynamic:
-		dynamic = answerPool(r, st, z, res, question.Qtype, req.remote)
+		switch {
+		case res.Label != "":
+			answerSRVTarget(r, st, z, res, question.Qtype)
+		case question.Qtype == dns.TypeSRV:
+			dynamic = answerSRV(r, st, z, res, req.remote)
+		default:
+			dynamic = answerPool(r, st, z, res, question.Qtype, req.remote)
+		}
 	}
 	return withOPT(r, opt, st), dynamic
 }

@@ -131,8 +131,11 @@ type choice struct {
 // capacity policy.MaxAnswers, so that nothing is allocated.
 func choose(s *poolSlot, dst []int, qtype uint16, client netip.Addr) choice {
 	fam := policy.IPv4
-	if qtype == dns.TypeAAAA {
+	switch qtype {
+	case dns.TypeAAAA:
 		fam = policy.IPv6
+	case dns.TypeSRV:
+		fam = policy.AnyFamily
 	}
 	p := s.cur.Load()
 	if p == nil {

@@ -38,7 +38,9 @@ func farmHandler(t *testing.T, onEmpty policy.OnEmpty, services map[string][]hea
 	t.Helper()
 	ab := []uint16{dns.TypeA, dns.TypeAAAA}
 	z, err := zones.Parse("farm.example.", "farm.zone", strings.NewReader(farmZone),
-		zones.Binding{Name: "@", Types: ab, Pool: 0}, zones.Binding{Name: "lb", Types: ab, Pool: 1})
+		zones.Binding{Name: "@", Types: ab, Pool: 0}, zones.Binding{Name: "lb", Types: ab, Pool: 1},
+		zones.Binding{Name: "_ws._tcp", Types: []uint16{dns.TypeSRV}, Pool: 0},
+		zones.Binding{Name: "nodes", Children: true, Pool: 0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,5 +360,55 @@ func TestStatusTXT(t *testing.T) {
 	// Anyone else sees the zone as it is: no such name.
 	if r := serveFrom(t, h, query("_status.farm.example.", dns.TypeTXT), "198.51.2.1"); r.Rcode != dns.RcodeNameError {
 		t.Errorf("_status for a stranger: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+}
+
+func TestPoolSRV(t *testing.T) {
+	h := farmHandler(t, policy.EmptyFailOpen, farmServices())
+	r := serveMsg(t, h, query("_ws._tcp.farm.example.", dns.TypeSRV), false)
+	if len(r.Answer) != 2 || !r.Authoritative {
+		t.Fatalf("SRV: %v", r)
+	}
+	extra := map[string]bool{}
+	for _, rr := range r.Extra {
+		extra[rr.Header().Name] = true
+	}
+	for _, rr := range r.Answer {
+		srv := rr.(*dns.SRV)
+		if srv.Port != 8080 || srv.Weight == 0 || !strings.HasSuffix(srv.Target, ".nodes.farm.example.") || !extra[srv.Target] {
+			t.Errorf("SRV record %v: want port 8080, a headroom weight, a target name with its address in additional", srv)
+		}
+		if srv.Target == "n4.nodes.farm.example." {
+			t.Error("SRV named a draining target")
+		}
+	}
+	for _, tt := range []struct {
+		name  string
+		qtype uint16
+		rcode int
+		addr  string
+	}{
+		{"n1.nodes.farm.example.", dns.TypeA, dns.RcodeSuccess, "192.0.2.11"},
+		{"N6.nodes.farm.example.", dns.TypeAAAA, dns.RcodeSuccess, "2001:db8::16"},
+		{"n1.nodes.farm.example.", dns.TypeAAAA, dns.RcodeSuccess, ""}, // NODATA
+		{"n1.nodes.farm.example.", dns.TypeTXT, dns.RcodeSuccess, ""},
+		{"n9.nodes.farm.example.", dns.TypeA, dns.RcodeNameError, ""},
+	} {
+		r := serveMsg(t, h, query(tt.name, tt.qtype), false)
+		got := addrs(r)
+		if r.Rcode != tt.rcode || (tt.addr == "" && len(got) != 0) || (tt.addr != "" && (len(got) != 1 || got[0] != tt.addr)) {
+			t.Errorf("%s %s: %s %v", tt.name, dns.Type(tt.qtype), dns.RcodeToString[r.Rcode], got)
+		}
+		if tt.addr == "" && (len(r.Ns) != 1 || r.Ns[0].Header().Rrtype != dns.TypeSOA) {
+			t.Errorf("%s %s: negative answer without SOA", tt.name, dns.Type(tt.qtype))
+		}
+	}
+}
+
+func TestHostLabel(t *testing.T) {
+	for in, want := range map[string]string{"Node_1.ec2.internal": "node-1-ec2-internal", "web-7": "web-7", strings.Repeat("a", 70): strings.Repeat("a", 63)} {
+		if got := hostLabel(in); got != want {
+			t.Errorf("hostLabel(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -174,17 +174,28 @@ func (b *builder) bind(bd Binding) {
 		n = &node{}
 		b.nodes[name] = n
 	}
+	if bd.Children {
+		// The names below are the pool's: the zone file may hold none.
+		for owner := range b.nodes {
+			if owner != name && dns.IsSubDomain(name, owner) {
+				b.errorf(b.lines[owner], "%s: the names below %s belong to a pool", owner, name)
+			}
+		}
+		if _, taken := n.childBinding(); taken {
+			b.errorf(0, "pool name %s: the names below are bound to two pools", name)
+		}
+	}
 	for _, t := range append([]uint16{dns.TypeCNAME}, bd.Types...) {
 		if n.get(t) != nil {
 			b.errorf(b.lines[name], "pool name %s clashes with the static %s record of the zone file", name, dns.Type(t))
 		}
 	}
 	for _, t := range bd.Types {
-		if _, taken := n.binding(t); taken {
+		if _, taken := n.binding(t); taken && !bd.Children {
 			b.errorf(0, "pool name %s: %s is bound to two pools", name, dns.Type(t))
 		}
 	}
-	n.dynamic = append(n.dynamic, Binding{Name: name, Types: bd.Types, Pool: bd.Pool})
+	n.dynamic = append(n.dynamic, Binding{Name: name, Types: bd.Types, Pool: bd.Pool, Children: bd.Children})
 }
 
 func validName(s string) bool {

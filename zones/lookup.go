@@ -55,6 +55,9 @@ type Result struct {
 	Wildcard bool
 	// Pool is the binding's pool when Outcome is Dynamic.
 	Pool int
+	// Label is the first label of the name, when a Children binding made
+	// it Dynamic; empty otherwise.
+	Label string
 }
 
 // maxChain bounds CNAME/DNAME chasing inside the zone, so that a loop in the
@@ -97,6 +100,12 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 			name = target
 			continue
 		case n == nil:
+			if pool, ok := z.nodes[ce].childBinding(); ok {
+				if i, _ := dns.NextLabel(lname, 0); lname[i:] == ce {
+					res.Outcome, res.Pool, res.Label = Dynamic, pool, lname[:i-1]
+					return res
+				}
+			}
 			// No exact match: try the wildcard at the closest encloser.
 			n = z.nodes["*."+ce]
 			if n == nil {

@@ -49,11 +49,24 @@ type Binding struct {
 	Types []uint16
 	// Pool identifies the pool; zones only hands it back in a Result.
 	Pool int
+	// Children makes the names one label below Name dynamic instead, for
+	// every type (the SRV targets of a pool, one name per node); the label
+	// comes back in Result.Label. Types is ignored.
+	Children bool
 }
 
 func (n *node) binding(t uint16) (int, bool) {
 	for _, b := range n.dynamic {
-		if slices.Contains(b.Types, t) {
+		if !b.Children && slices.Contains(b.Types, t) {
+			return b.Pool, true
+		}
+	}
+	return 0, false
+}
+
+func (n *node) childBinding() (int, bool) {
+	for _, b := range n.dynamic {
+		if b.Children {
 			return b.Pool, true
 		}
 	}

@@ -101,7 +101,8 @@ func TestBindings(t *testing.T) {
 	z, err := Parse("farm.example.", "test.zone", strings.NewReader(minimal+"alias CNAME @\nstatic A 192.0.2.9\n"),
 		Binding{Name: "@", Types: ab, Pool: 1},
 		Binding{Name: "eu.nodes", Types: ab, Pool: 2},
-		Binding{Name: "_ws._tcp", Types: []uint16{dns.TypeSRV}, Pool: 3})
+		Binding{Name: "_ws._tcp", Types: []uint16{dns.TypeSRV}, Pool: 3},
+		Binding{Name: "targets", Children: true, Pool: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,8 +123,15 @@ func TestBindings(t *testing.T) {
 		{"eu.nodes.farm.example.", dns.TypeTXT, NoData, 0, 0},
 		{"_ws._tcp.farm.example.", dns.TypeSRV, Dynamic, 3, 0},
 		{"static.farm.example.", dns.TypeA, Success, 0, 0},
+		{"web-1.targets.farm.example.", dns.TypeAAAA, Dynamic, 3, 0}, // an SRV target
+		{"WEB-1.targets.farm.example.", dns.TypeMX, Dynamic, 3, 0},
+		{"targets.farm.example.", dns.TypeA, NoData, 0, 0},
+		{"x.web-1.targets.farm.example.", dns.TypeA, NameError, 0, 0},
 	} {
 		res := z.Lookup(tt.name, tt.qtype)
+		if tt.pool == 3 && tt.qtype != dns.TypeSRV && res.Label != "web-1" {
+			t.Errorf("%s: label %q", tt.name, res.Label)
+		}
 		if res.Outcome != tt.outcome || (tt.outcome == Dynamic && res.Pool != tt.pool) || len(res.Answer) < tt.chain {
 			t.Errorf("%s %s: %v pool %d, want %v pool %d", tt.name, dns.Type(tt.qtype), res.Outcome, res.Pool, tt.outcome, tt.pool)
 		}
@@ -148,6 +156,10 @@ func TestBindingErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v: error %v, want %q", tt.b, err, tt.want)
 		}
+	}
+	if _, err := Parse("example.org.", "test.zone", strings.NewReader(minimal+"a.nodes A 192.0.2.1\n"),
+		Binding{Name: "nodes", Children: true}); err == nil || !strings.Contains(err.Error(), "test.zone:5: a.nodes.example.org.: the names below nodes.example.org. belong to a pool") {
+		t.Errorf("static name below a children binding: %v", err)
 	}
 	_, err := Parse("example.org.", "test.zone", strings.NewReader(minimal),
 		Binding{Name: "@", Types: ab, Pool: 1}, Binding{Name: "example.org.", Types: []uint16{dns.TypeA}, Pool: 2})

@@ -102,6 +102,9 @@ type PoolConfig struct {
 	OnEmpty   *policy.OnEmpty `yaml:"on_empty"`   // fail-open | nodata | servfail
 	SlowStart *time.Duration  `yaml:"slow_start"` // ramp-up of a new or recovered target; 0s: off
 	TTLJitter *float64        `yaml:"ttl_jitter"` // largest relative change of each answer's TTL
+	// SRV adds SRV records at _<service>._tcp.<name>, with targets named
+	// <node>.nodes.<name> (nodes mode only).
+	SRV bool `yaml:"srv"`
 }
 
 // policyConfig is the pool's policy: the defaults, with what the pool sets.
@@ -263,6 +266,9 @@ func (c *Config) validate() error {
 			if (pc.Mode == policy.Shards) != (p.LBService != "") {
 				bad(pkey+".lb_service", "required in shards mode, and only there")
 			}
+			if p.SRV && pc.Mode == policy.Shards {
+				bad(pkey+".srv", "only in nodes mode: the LBs of a shard have no ports to balance")
+			}
 		}
 	}
 	if c.hasPools() {
@@ -366,11 +372,18 @@ func buildState(c *Config) (*dnsserver.State, error) {
 		origin := dns.CanonicalName(zc.Origin)
 		var bindings []zones.Binding
 		for _, p := range zc.Pools {
-			bindings = append(bindings, zones.Binding{Name: p.Name, Types: []uint16{dns.TypeA, dns.TypeAAAA}, Pool: len(specs)})
+			owner := poolOwner(p.Name, origin)
+			bindings = append(bindings, zones.Binding{Name: owner, Types: []uint16{dns.TypeA, dns.TypeAAAA}, Pool: len(specs)})
+			if p.SRV {
+				srv, targets := dnsserver.SRVNames(p.Service, owner)
+				bindings = append(bindings,
+					zones.Binding{Name: srv, Types: []uint16{dns.TypeSRV}, Pool: len(specs)},
+					zones.Binding{Name: targets, Children: true, Pool: len(specs)})
+			}
 			pc := p.policyConfig()
 			pc.Seed = c.seed
 			specs = append(specs, dnsserver.PoolSpec{
-				Name: poolOwner(p.Name, origin), Zone: origin, Service: p.Service, LBService: p.LBService, Policy: pc,
+				Name: owner, Zone: origin, Service: p.Service, LBService: p.LBService, Policy: pc,
 			})
 		}
 		z, err := zones.Load(zc.Origin, c.zoneFile(zc), bindings...)

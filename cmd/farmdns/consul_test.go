@@ -127,11 +127,22 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 }
 
 func TestConsulPools(t *testing.T) {
-	f := startFarm(t, 3, "        answers: 2\n", false)
+	f := startFarm(t, 3, "        answers: 2\n        srv: true\n", false)
 	eventually(t, 5*time.Second, "all three nodes answered", func() bool {
 		seen := f.answered(t, 30)
 		return len(seen) == 3 && seen["127.0.0.11"] > 0 && seen["127.0.0.12"] > 0 && seen["127.0.0.13"] > 0
 	})
+
+	// SRV: ports from Consul, target names that resolve.
+	c := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+	r, _, err := c.Exchange(new(dns.Msg).SetQuestion("_ws._tcp.farm.example.com.", dns.TypeSRV), f.dns)
+	if err != nil || len(r.Answer) != 2 || r.Answer[0].(*dns.SRV).Port != 8080 {
+		t.Fatalf("SRV: %v %v", r, err)
+	}
+	r, _, err = c.Exchange(new(dns.Msg).SetQuestion(r.Answer[0].(*dns.SRV).Target, dns.TypeA), f.dns)
+	if err != nil || len(r.Answer) != 1 {
+		t.Fatalf("SRV target: %v %v", r, err)
+	}
 
 	// A health flip takes a node out of the answers within a second.
 	f.consul.SetCheck(t, "n1", "ws-n1", consultest.ServiceCheckID("ws-n1"), api.HealthCritical)

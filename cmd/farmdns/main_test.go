@@ -276,6 +276,7 @@ func TestPoolConfigErrors(t *testing.T) {
 		{"twice", pool("      - name: farm.example.com.\n        service: ws\n"), `zones[0].pools[1].name: "farm.example.com." is configured twice`},
 		{"clash", strings.Replace(pool(""), `name: "@"`, "name: www", 1), "pool name www.farm.example.com. clashes with the static A record"},
 		{"consul tls", pool("") + "consul:\n  tls:\n    cert_file: /x\n", "consul.tls"},
+		{"srv in shards", pool("        mode: shards\n        shard_meta: s\n        lb_service: lb\n        srv: true\n"), "zones[0].pools[0].srv: only in nodes mode"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, err := load(writeConfig(t, tt.config, goodZone))

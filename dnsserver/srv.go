@@ -1,0 +1,102 @@
+package dnsserver
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/policy"
+	"github.com/farmdns/farmdns/zones"
+)
+
+// SRV answers: _<service>._tcp.<pool name> names the chosen targets with
+// their Consul ports, weighted by headroom, so that SRV-aware clients
+// balance too. An SRV target must be a host name, so each target gets one:
+// <node>.nodes.<pool name>, answered with the target's address.
+
+// SRVTargetsLabel is the label under a pool's name that holds its SRV
+// target names.
+const SRVTargetsLabel = "nodes"
+
+// hostLabel turns a Consul node name into one DNS label: letters, digits
+// and hyphens, lower case, at most 63 octets.
+func hostLabel(node string) string {
+	b := make([]byte, 0, min(len(node), 63))
+	for i := 0; i < len(node) && len(b) < 63; i++ {
+		c := node[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-':
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		default:
+			c = '-'
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}
+
+// answerSRV adds SRV records for the pool's choice, and their addresses.
+func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, client netip.Addr) int {
+	s := st.pools[res.Pool]
+	var dst [policy.MaxAnswers]int
+	c := choose(s, dst[:0], dns.TypeSRV, client)
+	r.Authoritative = true
+	switch c.outcome {
+	case policy.OutcomeNoData:
+		r.Ns = []dns.RR{z.NegativeSOA()}
+		return 0
+	case policy.OutcomeServFail:
+		r.Authoritative = false
+		r.Rcode = dns.RcodeServerFailure
+		return 0
+	}
+	owner := r.Question[0].Name
+	now := time.Now().UnixNano()
+	for _, i := range c.picked {
+		t := &c.pool.Records()[i]
+		_, targets := SRVNames(s.spec.Service, s.spec.Name)
+		target := hostLabel(t.Node) + "." + targets
+		r.Answer = append(r.Answer, &dns.SRV{
+			Hdr:    dns.RR_Header{Name: owner, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: c.ttl},
+			Weight: c.pool.Weight(i, now), Port: t.Port, Target: target,
+		})
+		r.Extra = append(r.Extra, c.addressRR(target, i))
+	}
+	return len(c.picked)
+}
+
+// answerSRVTarget answers a name <node>.nodes.<pool name>: the node's
+// address, NODATA for other types, NXDOMAIN for no such node.
+func answerSRVTarget(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qtype uint16) {
+	r.Authoritative = true
+	p := st.pools[res.Pool].cur.Load()
+	if p != nil {
+		for i, t := range p.Records() {
+			if hostLabel(t.Node) != res.Label {
+				continue
+			}
+			want := dns.TypeA
+			if t.Address.Is6() {
+				want = dns.TypeAAAA
+			}
+			if qtype == want || qtype == dns.TypeANY {
+				c := choice{pool: p, ttl: uint32(p.Config().TTL / time.Second)}
+				r.Answer = append(r.Answer, c.addressRR(r.Question[0].Name, i))
+			} else {
+				r.Ns = []dns.RR{z.NegativeSOA()}
+			}
+			return
+		}
+	}
+	r.Rcode = dns.RcodeNameError
+	r.Ns = []dns.RR{z.NegativeSOA()}
+}
+
+// SRVNames returns, for a pool's name and its service, the name of its SRV
+// records and the name under which its SRV targets are.
+func SRVNames(service, pool string) (srv, targets string) {
+	return "_" + strings.ToLower(service) + "._tcp." + pool, SRVTargetsLabel + "." + pool
+}
