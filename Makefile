@@ -2,7 +2,7 @@
 GO ?= go
 APT_PACKAGES := knot dnsutils dnsperf prometheus chromium
 
-.PHONY: test test-deps check build run bench fuzz
+.PHONY: test test-deps check build run bench fuzz demo
 
 test: test-deps check
 	$(GO) test -race -count=1 -timeout 15m ./...
@@ -33,3 +33,7 @@ bench:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzServe -fuzztime 60s ./dnsserver
+
+# A whole farm on this machine: Consul, four nodes with agents, farmdns, clients.
+demo: test-deps
+	deploy/demo/demo.sh

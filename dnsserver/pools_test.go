@@ -3,6 +3,7 @@ package dnsserver
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -402,6 +403,16 @@ func TestPoolSRV(t *testing.T) {
 		if tt.addr == "" && (len(r.Ns) != 1 || r.Ns[0].Header().Rrtype != dns.TypeSOA) {
 			t.Errorf("%s %s: negative answer without SOA", tt.name, dns.Type(tt.qtype))
 		}
+	}
+}
+
+func TestTargetLabelsUnique(t *testing.T) {
+	one := target("vm", "192.0.2.1", 0, nil)
+	two := target("vm", "192.0.2.2", 0, nil)
+	two.ServiceID = "ws-2"
+	got := targetLabels([]health.Target{one, two, target("n3", "192.0.2.3", 0, nil)})
+	if want := []string{"vm-ws-vm", "vm-ws-2", "n3"}; !slices.Equal(got, want) {
+		t.Errorf("labels %v, want %v", got, want)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/policy"
 	"github.com/farmdns/farmdns/zones"
 )
@@ -14,7 +15,8 @@ import (
 // SRV answers: _<service>._tcp.<pool name> names the chosen targets with
 // their Consul ports, weighted by headroom, so that SRV-aware clients
 // balance too. An SRV target must be a host name, so each target gets one:
-// <node>.nodes.<pool name>, answered with the target's address.
+// <node>.nodes.<pool name> (<node>-<service ID> where a node has several),
+// answered with the target's address.
 
 // SRVTargetsLabel is the label under a pool's name that holds its SRV
 // target names.
@@ -38,6 +40,25 @@ func hostLabel(node string) string {
 	return string(b)
 }
 
+// targetLabels names each target of records with one DNS label: its node's
+// name, and where a node runs several targets, the node's and the service
+// ID's (a dev agent, say, holds every instance on one node).
+func targetLabels(records []health.Target) []string {
+	perNode := map[string]int{}
+	for _, t := range records {
+		perNode[t.Node]++
+	}
+	labels := make([]string, len(records))
+	for i, t := range records {
+		if perNode[t.Node] > 1 {
+			labels[i] = hostLabel(t.Node + "-" + t.ServiceID)
+		} else {
+			labels[i] = hostLabel(t.Node)
+		}
+	}
+	return labels
+}
+
 // answerSRV adds SRV records for the pool's choice, and their addresses.
 func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, client netip.Addr) int {
 	s := st.pools[res.Pool]
@@ -55,10 +76,11 @@ func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, client ne
 	}
 	owner := r.Question[0].Name
 	now := time.Now().UnixNano()
+	labels := targetLabels(c.pool.Records())
+	_, targets := SRVNames(s.spec.Service, s.spec.Name)
 	for _, i := range c.picked {
 		t := &c.pool.Records()[i]
-		_, targets := SRVNames(s.spec.Service, s.spec.Name)
-		target := hostLabel(t.Node) + "." + targets
+		target := labels[i] + "." + targets
 		r.Answer = append(r.Answer, &dns.SRV{
 			Hdr:    dns.RR_Header{Name: owner, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: c.ttl},
 			Weight: c.pool.Weight(i, now), Port: t.Port, Target: target,
@@ -74,8 +96,9 @@ func answerSRVTarget(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qty
 	r.Authoritative = true
 	p := st.pools[res.Pool].cur.Load()
 	if p != nil {
+		labels := targetLabels(p.Records())
 		for i, t := range p.Records() {
-			if hostLabel(t.Node) != res.Label {
+			if labels[i] != res.Label {
 				continue
 			}
 			want := dns.TypeA
