@@ -556,6 +556,17 @@ func TestHTTPEndpoints(t *testing.T) {
 	if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "farmdns_agent_connections 1") {
 		t.Errorf("/metrics: %d %s", code, body)
 	}
+	// The names deploy/prometheus and deploy/grafana are written against.
+	waitFor(t, "a report written", func() (bool, string) {
+		_, body := get("/metrics")
+		return strings.Contains(body, "farmdns_agent_last_success_timestamp_seconds "), body
+	})
+	_, body := get("/metrics")
+	for _, name := range []string{"farmdns_agent_connections", "farmdns_agent_writes_total", "farmdns_agent_write_errors_total", "farmdns_agent_last_success_timestamp_seconds"} {
+		if !strings.Contains(body, "\n"+name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
 	resp, err := http.Post(base+"/drain", "", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -64,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Failed Consul requests, by operation.",
 		}, []string{"op"}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Name: "last_write_success_timestamp_seconds",
+			Namespace: ns, Name: "last_success_timestamp_seconds",
 			Help: "Unix time of the last successful load report write.",
 		}),
 		consulUp: prometheus.NewGauge(prometheus.GaugeOpts{

@@ -14,6 +14,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/miekg/dns"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/health/consultest"
@@ -167,6 +169,8 @@ func TestConsulPools(t *testing.T) {
 		}
 	}
 
+	checkMetricsContract(t, metrics)
+
 	// Consul goes away: the last good pools keep answering.
 	before := f.answered(t, 20)
 	f.consul.Stop()
@@ -222,4 +226,36 @@ func TestConsulLateStart(t *testing.T) {
 	f.consul.Restart()
 	registerNode(t, f.consul, 1, 10)
 	eventually(t, 15*time.Second, "pool filled once Consul answers", func() bool { return len(f.ask(t, 2)) == 1 })
+}
+
+// checkMetricsContract holds a live scrape of farmdns to the metrics that
+// deploy/'s rules and dashboard are written against: each is exported, with
+// its type, and with no label the contract lacks.
+func checkMetricsContract(t *testing.T, exposition string) {
+	t.Helper()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(exposition))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	for name, want := range deployContract {
+		if strings.HasPrefix(name, "farmdns_agent_") {
+			continue // the agent's own, checked by its tests
+		}
+		mf := families[name]
+		if mf == nil {
+			t.Errorf("%s: in the contract, not exported", name)
+			continue
+		}
+		if got := strings.ToLower(mf.GetType().String()); got != want.typ {
+			t.Errorf("%s: type %s, contract says %s", name, got, want.typ)
+		}
+		for _, m := range mf.Metric {
+			for _, l := range m.Label {
+				if !slices.Contains(want.labels, l.GetName()) {
+					t.Errorf("%s: label %q is not in the contract", name, l.GetName())
+				}
+			}
+		}
+	}
 }
