@@ -19,22 +19,24 @@ import (
 // report their connection counts to a real Consul, farmdns reads them and
 // answers over UDP, resolvers cache its answers for the TTL, and clients
 // connect to the first record and stay. The spread of connections across
-// the nodes must stay within a bound looser than the simulator's (the run
-// is short and its first seconds are a cold start); the figures are logged.
+// the nodes must stay within bounds looser than the simulator's (the run is
+// short, with few connections, and starts cold); the figures are logged.
 func TestClosedLoopBalance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 25 s real-time run")
 	}
 	const (
-		nodes      = 10
+		nodes      = 5
 		resolvers  = 30
-		arrivals   = 150.0 // clients per second
+		arrivals   = 200.0 // clients per second
 		lifetime   = 60.0  // mean seconds a client stays
 		run        = 25 * time.Second
 		warmUp     = 8 * time.Second
 		reportEach = time.Second
 	)
-	f := startFarm(t, 0, "        answers: 3\n        ttl: 1s\n", false)
+	// The nodes join one by one as the test registers them: without slow
+	// start off, the later ones would ramp up for its whole length.
+	f := startFarm(t, 0, "        answers: 3\n        ttl: 1s\n        slow_start: 0s\n", false)
 	for i := 1; i <= nodes; i++ {
 		registerNode(t, f.consul, i, 0)
 	}
@@ -95,8 +97,11 @@ func TestClosedLoopBalance(t *testing.T) {
 	p50, max := ratios[len(ratios)/2], ratios[len(ratios)-1]
 	t.Logf("closed loop, %d nodes, %d resolvers, %.0f clients/s, TTL 1 s, 3 records, reports every %v: max/mean over %d samples after %v: p50 %.3f, max %.3f; final %v",
 		nodes, resolvers, arrivals, reportEach, len(ratios), warmUp, p50, max, conns)
-	if max > 1.25 {
-		t.Errorf("max/mean reached %.3f: farmdns herds clients", max)
+	// With about 800 connections per node, counting noise alone moves a
+	// node by a few percent; the bounds leave room for it and for a busy
+	// machine, and still catch herding (one node taking a resolver's bursts).
+	if p50 > 1.10 || max > 1.25 {
+		t.Errorf("max/mean p50 %.3f (bound 1.10), max %.3f (bound 1.25): farmdns herds clients", p50, max)
 	}
 }
 
