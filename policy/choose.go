@@ -73,7 +73,7 @@ func (p *Pool) Choose(dst []int, fam Family, key uint64, now int64) (picked []in
 		if len(list) == 0 {
 			return dst, ttl, OutcomeNoData
 		}
-		dst = p.pick(dst, list, min(p.cfg.Answers, len(list)), &r, now, true)
+		dst = p.pick(dst, list, min(p.cfg.Answers, len(list)), &r, now, true, 1)
 		p.account(dst, now, 1)
 		return dst, ttl, OutcomeFailOpen
 	}
@@ -84,17 +84,17 @@ func (p *Pool) Choose(dst []int, fam Family, key uint64, now int64) (picked []in
 	if a.found && now-a.at < int64(p.cfg.StickyWindow) {
 		// The same asker again, e.g. the AAAA question after the A one.
 		dst = p.fromIDs(dst, a.ids[:a.n], fam, k)
-		size = a.sizeAgain()
+		size = a.sizeAgain(&p.ch.pace)
 	}
 	fresh := len(dst) == 0
 	if fresh {
-		size, wait = a.size(now, int64(ttl)*int64(time.Second))
+		size, wait = a.size(now, int64(ttl)*int64(time.Second), &p.ch.pace)
 	}
 	if len(dst) < k {
 		if p.cfg.Policy == RoundRobin {
 			dst = p.rotate(dst, list, k)
 		} else {
-			dst = p.pick(dst, list, k, &r, now, false)
+			dst = p.pick(dst, list, k, &r, now, false, size)
 		}
 	}
 	if fresh && !a.slotBusy {
@@ -157,14 +157,17 @@ func (p *Pool) account(dst []int, now int64, size float64) {
 	}
 }
 
-// ttl jitters the TTL by up to ±TTLJitter, rounding at random so that the
-// jitter survives whole seconds (a 5 s TTL with 10% gives 4, 5 or 6 s with a
-// mean of 5 s), and never below 1 s.
+// ttl jitters the TTL by up to ±TTLJitter in whole seconds, rounding at
+// random so that the mean stays the TTL. The bound is strict: a TTL too
+// short for a whole second of jitter (under 10 s at 10%) is not jittered,
+// since a 1 s TTL stretched to 2 s would double the herd a busy resolver's
+// answer sends to its first record.
 func (p *Pool) ttl(r *rng) uint32 {
 	t := p.cfg.TTL.Seconds()
-	if p.cfg.TTLJitter > 0 {
-		t *= 1 + p.cfg.TTLJitter*(2*r.float()-1)
-		t = math.Floor(t + r.float())
+	if j := p.cfg.TTLJitter; j > 0 {
+		lo, hi := math.Ceil(t*(1-j)), math.Floor(t*(1+j))
+		x := math.Floor(t*(1+j*(2*r.float()-1)) + r.float())
+		t = min(max(x, lo), hi)
 	}
 	return uint32(max(t, 1))
 }
@@ -198,11 +201,17 @@ func (p *Pool) capacity(e *entry, now int64) float64 {
 
 // pick appends up to k targets from list, best first, by the pool's policy
 // (or, if fallback, by fail-open rank, then predicted utilisation). Each
-// candidate gets a score; the k lowest win.
-func (p *Pool) pick(dst []int, list []int32, k int, r *rng, now int64, fallback bool) []int {
+// candidate gets a score; the k lowest win. size is the clients the answer
+// is expected to bring: least-loaded ranks targets by their utilisation
+// once those arrive, so a big answer goes to a big target.
+func (p *Pool) pick(dst []int, list []int32, k int, r *rng, now int64, fallback bool, size float64) []int {
 	var top topK
 	top.k = k - len(dst)
 	spread := p.cfg.Spread * p.meanUtil
+	add := 0.0
+	if !p.equalCap {
+		add = size * p.c1
+	}
 	s := newSampler(len(list), p.cfg.Candidates, r)
 	for {
 		n, ok := s.next()
@@ -223,7 +232,7 @@ func (p *Pool) pick(dst []int, list []int32, k int, r *rng, now int64, fallback 
 		case p.cfg.Policy == Weighted:
 			score = weightedScore(p.capacity(e, now)-p.predicted(e), p.predicted(e)/e.cap, p.equalCap, r)
 		default: // LeastLoaded
-			score = p.predicted(e)/p.capacity(e, now) + spread*r.float()
+			score = (p.predicted(e)+add)/p.capacity(e, now) + spread*r.float()
 		}
 		top.offer(j, score)
 	}
@@ -329,11 +338,11 @@ func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng,
 		if a.found && now-a.at < int64(p.cfg.StickyWindow) {
 			if s, ok := p.shardByID[a.ids[0]]; ok && p.shards[s].eligible && len(p.shards[s].lbs[fam]) > 0 {
 				si = s
-				size = a.sizeAgain()
+				size = a.sizeAgain(&p.ch.pace)
 			}
 		}
 		if si < 0 {
-			size, wait = a.size(now, int64(ttl)*int64(time.Second))
+			size, wait = a.size(now, int64(ttl)*int64(time.Second), &p.ch.pace)
 			si = p.pickShard(list, r, now, false)
 			if !a.slotBusy {
 				p.ch.askers.store(key, now, int64(ttl)*int64(time.Second), wait, []uint32{p.shards[si].st.id})

@@ -74,7 +74,9 @@ func (k Kind) String() string { return name(kindNames, int(k)) }
 func (o OnEmpty) String() string { return name(onEmptyNames, int(o)) }
 
 // UnmarshalText parses "nodes" or "shards", so a Mode decodes from YAML.
-func (m *Mode) UnmarshalText(b []byte) error { return parse(modeNames, len(modeNames), "mode", b, (*uint8)(m)) }
+func (m *Mode) UnmarshalText(b []byte) error {
+	return parse(modeNames, len(modeNames), "mode", b, (*uint8)(m))
+}
 
 // UnmarshalText parses "least-loaded", "weighted" or "round-robin".
 func (k *Kind) UnmarshalText(b []byte) error {

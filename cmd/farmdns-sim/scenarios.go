@@ -54,9 +54,11 @@ func Scenarios(seed uint64) []Scenario {
 	heavy.Name, heavy.Alpha = "heavy-tailed", 1.5
 	two := b
 	two.Name, two.Instances = "two-instances", 2
+	burst := b
+	burst.Name, burst.ReconnectMin, burst.ReconnectSpread = "burst-reconnect", 0.5, 1
 	top := b
 	top.Name, top.TopClamps = "top-resolver-clamps", true
-	return []Scenario{b, reports15, mixed, heavy, two, top}
+	return []Scenario{b, reports15, mixed, heavy, two, burst, top}
 }
 
 func envf(k string, d float64) float64 {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/farmdns/farmdns/health"
@@ -178,6 +179,7 @@ type sim struct {
 }
 
 var debug = os.Getenv("SIMDEBUG") != ""
+var debugQ, _ = strconv.ParseFloat(os.Getenv("SIMDEBUGQ"), 64)
 
 // Run simulates one scenario and returns its measurements.
 func Run(sc Scenario) Result {
@@ -433,6 +435,9 @@ func (s *sim) resolve(ri int) {
 	r.n = len(picked)
 	for i, j := range picked {
 		r.recs[i] = in.ids[j]
+	}
+	if debugQ > 0 && s.now >= debugQ && s.now < debugQ+3 {
+		fmt.Fprintf(os.Stderr, "  q t=%.3f r=%d ttl=%d -> %v\n", s.now, ri, ttl, r.recs[:r.n])
 	}
 
 	life := float64(ttl)

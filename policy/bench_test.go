@@ -1,0 +1,57 @@
+package policy
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// BenchmarkChoose measures one choice, as the query path makes it: a new
+// key every time (no sticky repeats), the clock moving on.
+func BenchmarkChoose(b *testing.B) {
+	for _, n := range []int{10, 1000, 10000} {
+		for _, k := range []int{2, 3} {
+			b.Run(fmt.Sprintf("targets=%d/answers=%d", n, k), func(b *testing.B) {
+				cfg := testConfig()
+				cfg.Answers = k
+				p := NewPool(cfg, targets(n), nil, nil, t0)
+				p = NewPool(cfg, targets(n), nil, p, t0.Add(time.Second))
+				dst := make([]int, 0, MaxAnswers)
+				now := at(2 * time.Second)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := range b.N {
+					dst, _, _ = p.Choose(dst, IPv4, uint64(i)*0x9e3779b97f4a7c15, now+int64(i)*1000)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkChooseParallel is BenchmarkChoose from every core at once: the
+// ledger's atomics are shared.
+func BenchmarkChooseParallel(b *testing.B) {
+	cfg := testConfig()
+	p := NewPool(cfg, targets(1000), nil, nil, t0)
+	now := at(2 * time.Second)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		dst := make([]int, 0, MaxAnswers)
+		var i uint64
+		for pb.Next() {
+			i++
+			dst, _, _ = p.Choose(dst, IPv4, i*0x9e3779b97f4a7c15, now+int64(i)*1000)
+		}
+	})
+}
+
+// BenchmarkNewPool measures a rebuild of a 1,000-target pool.
+func BenchmarkNewPool(b *testing.B) {
+	cfg := testConfig()
+	ts := targets(1000)
+	p := NewPool(cfg, ts, nil, nil, t0)
+	b.ReportAllocs()
+	for i := range b.N {
+		p = NewPool(cfg, ts, nil, p, t0.Add(time.Duration(i)*time.Millisecond))
+	}
+}
