@@ -106,9 +106,9 @@ func (t *askerTable) store(key uint64, now, ttl int64, wait float64, ids []uint3
 }
 
 const (
-	waitSmoothing = 0.2     // weight of the newest wait in an asker's mean
-	paceSmoothing = 0.05    // weight of the newest sample in the pool's pace
-	maxPaceLog    = 2.5     // bounds one sample's ln(usual wait / this wait)
+	waitSmoothing = 0.2  // weight of the newest wait in an asker's mean
+	paceSmoothing = 0.05 // weight of the newest sample in the pool's pace
+	maxPaceLog    = 2.5  // bounds one sample's ln(usual wait / this wait)
 	eulerGamma    = 0.5772156649015329
 	idleAfter     = 600e9   // a key silent this long starts over, ns
 	minWait       = 1e6     // 1 ms: bounds an answer's size at 1 + TTL/1ms
