@@ -169,7 +169,7 @@ func DefaultConfig() Config {
 	return Config{
 		Mode:           Nodes,
 		Answers:        3,
-		TTL:            5 * time.Second,
+		TTL:            time.Second,
 		Policy:         LeastLoaded,
 		OnEmpty:        EmptyFailOpen,
 		SlowStart:      45 * time.Second,
@@ -211,8 +211,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("spread: %v is not between 0 and 0.5", c.Spread)
 	case c.Candidates < 2 || c.Candidates > 1024:
 		return fmt.Errorf("candidates: %d is not between 2 and 1024", c.Candidates)
-	case c.StickyWindow < 0 || c.StickyWindow > time.Minute:
-		return fmt.Errorf("sticky_window: %s is not between 0 and 1m", c.StickyWindow)
+	case c.StickyWindow < 0 || c.StickyWindow >= c.TTL:
+		return fmt.Errorf("sticky_window: %s is not between 0 and the TTL (%s)", c.StickyWindow, c.TTL)
 	case c.LearnWindow < time.Second:
 		return fmt.Errorf("learn_window: %s is under 1s", c.LearnWindow)
 	}

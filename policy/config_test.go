@@ -33,7 +33,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"ttl_jitter", func(c *Config) { c.TTLJitter = 0.6 }},
 		{"spread", func(c *Config) { c.Spread = -0.1 }},
 		{"candidates", func(c *Config) { c.Candidates = 1 }},
-		{"sticky_window", func(c *Config) { c.StickyWindow = 2 * time.Minute }},
+		{"sticky_window", func(c *Config) { c.StickyWindow = c.TTL }},
 		{"learn_window", func(c *Config) { c.LearnWindow = 0 }},
 	} {
 		c := DefaultConfig()

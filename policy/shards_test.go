@@ -64,7 +64,7 @@ func TestShardMostHeadroom(t *testing.T) {
 	}
 	p := NewPool(shardConfig(), nodes, lbs, nil, t0)
 	dst, ttl, out := p.Choose(nil, IPv4, 1, at(time.Second))
-	if out != OutcomeAnswer || shardOf(p, dst) != "b" || len(dst) != 2 || ttl != 5 {
+	if out != OutcomeAnswer || shardOf(p, dst) != "b" || len(dst) != 2 || ttl != 1 {
 		t.Fatalf("got %v (%s) %d %v, want two LBs of shard b", dst, shardOf(p, dst), ttl, out)
 	}
 }

@@ -5,10 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"slices"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/farmdns/farmdns/health"
@@ -177,9 +175,6 @@ type sim struct {
 	res       Result
 	queries   int
 }
-
-var debug = os.Getenv("SIMDEBUG") != ""
-var debugQ, _ = strconv.ParseFloat(os.Getenv("SIMDEBUGQ"), 64)
 
 // Run simulates one scenario and returns its measurements.
 func Run(sc Scenario) Result {
@@ -436,9 +431,6 @@ func (s *sim) resolve(ri int) {
 	for i, j := range picked {
 		r.recs[i] = in.ids[j]
 	}
-	if debugQ > 0 && s.now >= debugQ && s.now < debugQ+3 {
-		fmt.Fprintf(os.Stderr, "  q t=%.3f r=%d ttl=%d -> %v\n", s.now, ri, ttl, r.recs[:r.n])
-	}
 
 	life := float64(ttl)
 	if r.clamp {
@@ -468,14 +460,6 @@ func (s *sim) sample() {
 	case s.cold < 0 && len(s.res.FailPeak) > 0:
 		i := len(s.res.FailPeak) - 1
 		s.res.FailPeak[i] = max(s.res.FailPeak[i], ratio)
-		if debug {
-			c1, c2 := s.inst[0].pool.ClientsPerAnswer()
-			fmt.Fprintf(os.Stderr, "t=%.0f ratio=%.3f mean=%.0f c=%.1f/%.1f loads=", s.now, ratio, mean*float64(s.targets[1].capacity), c1, c2)
-			for i := range s.targets {
-				fmt.Fprintf(os.Stderr, " %d", s.targets[i].conns)
-			}
-			fmt.Fprintln(os.Stderr)
-		}
 	}
 	if s.cold >= 0 {
 		t := &s.targets[s.cold]
