@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/farmdns/farmdns/health"
 )
 
 // BenchmarkChoose measures one choice, as the query path makes it: a new
@@ -53,5 +55,32 @@ func BenchmarkNewPool(b *testing.B) {
 	b.ReportAllocs()
 	for i := range b.N {
 		p = NewPool(cfg, ts, nil, p, t0.Add(time.Duration(i)*time.Millisecond))
+	}
+}
+
+// BenchmarkChooseShards measures a choice among 100 shards of 10 nodes
+// and 2 LBs each.
+func BenchmarkChooseShards(b *testing.B) {
+	cfg := testConfig()
+	cfg.Mode, cfg.ShardMeta, cfg.Answers = Shards, "shard", 2
+	var nodes, lbs []health.Target
+	for s := range 100 {
+		for n := range 10 {
+			t := target(s*10+n, 5000, 10000)
+			t.Meta = map[string]string{"shard": fmt.Sprint(s)}
+			nodes = append(nodes, t)
+		}
+		for l := range 2 {
+			t := target(100000+s*2+l, 0, 0)
+			t.Node, t.Meta = fmt.Sprintf("lb%d-%d", s, l), map[string]string{"shard": fmt.Sprint(s)}
+			lbs = append(lbs, t)
+		}
+	}
+	p := NewPool(cfg, nodes, lbs, nil, t0)
+	dst := make([]int, 0, MaxAnswers)
+	now := at(2 * time.Second)
+	b.ReportAllocs()
+	for i := range b.N {
+		dst, _, _ = p.Choose(dst, IPv4, uint64(i)*0x9e3779b97f4a7c15, now+int64(i)*1000)
 	}
 }

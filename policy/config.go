@@ -131,6 +131,7 @@ type Config struct {
 	Capacity int64
 	// ShardMeta is the service meta key naming a target's shard (shards
 	// mode; LB instances carry the same key). Required in shards mode.
+	// Targets and LBs without it belong to no shard and are left out.
 	ShardMeta string
 	// OnEmpty is what to answer when no target is eligible.
 	OnEmpty OnEmpty

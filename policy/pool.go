@@ -113,6 +113,7 @@ type shard struct {
 	connBase float64
 	connRep  float64 // reported connections of the eligible nodes
 	capFull  float64
+	capElig  float64 // full capacity of the eligible nodes
 	ramping  []int32 // eligible nodes in slow start
 	eligible bool    // has an eligible node
 	fbNodes  bool    // has a non-draining node
@@ -142,13 +143,13 @@ type Pool struct {
 	shardElig  [families][]int32
 	shardFB    [families][]int32
 	shardByID  map[uint32]int32
+	shardIdx   map[string]int32 // by name
 	meanShardC float64
 
 	c1, c2   float64 // predicted clients per first / later answer position
 	meanUtil float64 // over eligible targets (or shards), at build
 	equalCap bool    // no capacity known: balance connections
 	maxCap   float64
-	built    int64
 	ttlMax   int64 // longest TTL an answer carries, ns
 }
 
@@ -168,7 +169,7 @@ type Pool struct {
 // teaches the pool how many clients an answer brings.
 func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time) *Pool {
 	nowN := now.UnixNano()
-	p := &Pool{cfg: cfg, built: nowN}
+	p := &Pool{cfg: cfg}
 	p.ttlMax = int64(math.Floor(cfg.TTL.Seconds()*(1+cfg.TTLJitter))) * int64(time.Second)
 	fresh := prev == nil || prev.ch.mode != cfg.Mode
 	if fresh {
@@ -192,6 +193,7 @@ func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time
 		p.ents = p.buildEntries(targets, &p.ch.targets, caps, nowN, fresh, nil, true)
 	} else {
 		p.nodes = targets
+		p.shardIdx = map[string]int32{}
 		shardOf := p.assignShards(targets, lbs)
 		p.nodeEnts = p.buildEntries(targets, &p.ch.targets, caps, nowN, fresh, shardOf, true)
 		p.records = lbs
@@ -345,14 +347,11 @@ func (p *Pool) buildEntries(ts []health.Target, states *map[identity]*targetStat
 }
 
 // fillUnknown gives targets of unknown load the mean utilisation of the
-// others, and returns that mean over eligible targets.
+// targets whose load is known, and returns that mean.
 func fillUnknown(ents []entry) float64 {
-	var conn, capSum, capAll float64
+	var conn, capSum float64
 	for i := range ents {
 		e := &ents[i]
-		if e.eligible || e.knownLoad {
-			capAll += e.cap
-		}
 		if e.knownLoad {
 			conn += e.conn
 			capSum += e.cap
@@ -420,23 +419,17 @@ func (p *Pool) buildNodeViews() {
 	}
 }
 
+// fillUnknownAndMean fills in unknown loads and sets the mean utilisation
+// that Spread is a fraction of: the reported one, which is near enough.
 func (p *Pool) fillUnknownAndMean(ents []entry) {
-	mean := fillUnknown(ents)
-	// The spread is relative to the mean utilisation the choice will see,
-	// including what the ledger predicts; at build time the report is fresh
-	// enough for that.
-	p.meanUtil = mean
-	if p.meanUtil <= 0 {
-		p.meanUtil = 1 / max(p.maxCapOf(ents), 1)
+	p.meanUtil = fillUnknown(ents)
+	if p.meanUtil <= 0 { // an empty farm: a spread of about one connection
+		m := 1.0
+		for i := range ents {
+			m = max(m, ents[i].cap)
+		}
+		p.meanUtil = 1 / m
 	}
-}
-
-func (p *Pool) maxCapOf(ents []entry) float64 {
-	m := 0.0
-	for i := range ents {
-		m = max(m, ents[i].cap)
-	}
-	return m
 }
 
 // assignShards maps the targets to shard indices, creating the shards that
@@ -458,10 +451,8 @@ func (p *Pool) assignShards(targets, lbs []health.Target) []int32 {
 }
 
 func (p *Pool) shardIndex(name string) int32 {
-	for i := range p.shards {
-		if p.shards[i].name == name {
-			return int32(i)
-		}
+	if i, ok := p.shardIdx[name]; ok {
+		return i
 	}
 	st := p.ch.shards[name]
 	if st == nil {
@@ -471,6 +462,7 @@ func (p *Pool) shardIndex(name string) int32 {
 	}
 	st.build = p.ch.build
 	p.shards = append(p.shards, shard{name: name, st: st})
+	p.shardIdx[name] = int32(len(p.shards) - 1)
 	return int32(len(p.shards) - 1)
 }
 
@@ -509,10 +501,9 @@ func (p *Pool) buildShards(now int64) {
 	}
 	for si := range p.shards {
 		s := &p.shards[si]
-		var capSum float64
 		for _, i := range s.nodes {
 			if e := &p.nodeEnts[i]; e.eligible {
-				capSum += e.cap
+				s.capElig += e.cap
 			}
 		}
 		for _, i := range s.nodes {
@@ -520,7 +511,7 @@ func (p *Pool) buildShards(now int64) {
 			if !e.eligible {
 				continue
 			}
-			s.connBase += e.conn - p.c1*(e.cap/capSum)*e.base1/ledgerUnit
+			s.connBase += e.conn - p.c1*(e.cap/s.capElig)*e.base1/ledgerUnit
 		}
 	}
 	for i := range p.ents {

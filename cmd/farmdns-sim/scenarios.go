@@ -42,8 +42,9 @@ func Baseline(seed uint64) Scenario {
 // lifetimes of shape 1.5 (same mean, infinite variance: most connections
 // are short, a few last for days); two farmdns instances that each resolver
 // asks in turn, fed the same reports; the clients of a dead target all
-// reconnecting within 0.5 to 1.5 s; and the most popular resolver clamping
-// TTLs to 30 s as well.
+// reconnecting within 0.5 to 1.5 s; resolvers that ask from a new address
+// every time, so that farmdns cannot size their answers; and the most
+// popular resolver clamping TTLs to 30 s as well.
 func Scenarios(seed uint64) []Scenario {
 	b := Baseline(seed)
 	reports15 := b
@@ -62,7 +63,9 @@ func Scenarios(seed uint64) []Scenario {
 	two.Name, two.Instances = "two-instances", 2
 	burst := b
 	burst.Name, burst.ReconnectMin, burst.ReconnectSpread = "burst-reconnect", 0.5, 1
+	anon := b
+	anon.Name, anon.NewKeys = "anonymous-resolvers", true
 	top := b
 	top.Name, top.TopClamps = "top-resolver-clamps", true
-	return []Scenario{b, reports15, mixed, heavy, two, burst, top}
+	return []Scenario{b, reports15, mixed, heavy, two, burst, anon, top}
 }

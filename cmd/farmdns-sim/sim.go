@@ -30,12 +30,16 @@ type Scenario struct {
 	// exponent ZipfS over ranks 1..Resolvers. A resolver of rank r clamps
 	// TTLs up to ClampTTL if r%ClampEvery == 0, and reorders records in every
 	// answer it gives if r%ReorderEvery == ReorderFrom%ReorderEvery.
-	Resolvers                   int
-	ZipfS                       float64
-	ClampTTL                    float64
-	ClampEvery                  int
-	ReorderEvery, ReorderFrom   int
-	TopClamps                   bool // the most popular resolver clamps too
+	Resolvers                 int
+	ZipfS                     float64
+	ClampTTL                  float64
+	ClampEvery                int
+	ReorderEvery, ReorderFrom int
+	TopClamps                 bool // the most popular resolver clamps too
+	// NewKeys makes every question come from a new asker (resolvers that
+	// use a different source address each time), so farmdns cannot tell a
+	// busy resolver from an idle one.
+	NewKeys                     bool
 	FirstRecord                 float64
 	ReportEvery                 float64
 	ReportDelayMin, ReportDelay float64 // uniform delay of a report to farmdns
@@ -424,7 +428,11 @@ func (s *sim) resolve(ri int) {
 	r := &s.resolvers[ri]
 	in := &s.inst[r.next]
 	r.next = (r.next + 1) % len(s.inst)
-	picked, ttl, _ := in.pool.Choose(in.dst, policy.IPv4, uint64(ri)*0x9e3779b97f4a7c15+1, s.nanos(s.now))
+	key := uint64(ri)*0x9e3779b97f4a7c15 + 1
+	if s.sc.NewKeys {
+		key = s.rng.Uint64()
+	}
+	picked, ttl, _ := in.pool.Choose(in.dst, policy.IPv4, key, s.nanos(s.now))
 	in.dst = picked
 	s.queries++
 	r.n = len(picked)
