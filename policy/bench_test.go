@@ -37,6 +37,7 @@ func BenchmarkChooseParallel(b *testing.B) {
 	p := NewPool(cfg, targets(1000), nil, nil, t0)
 	now := at(2 * time.Second)
 	b.ReportAllocs()
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		dst := make([]int, 0, MaxAnswers)
 		var i uint64
@@ -80,6 +81,7 @@ func BenchmarkChooseShards(b *testing.B) {
 	dst := make([]int, 0, MaxAnswers)
 	now := at(2 * time.Second)
 	b.ReportAllocs()
+	b.ResetTimer()
 	for i := range b.N {
 		dst, _, _ = p.Choose(dst, IPv4, uint64(i)*0x9e3779b97f4a7c15, now+int64(i)*1000)
 	}

@@ -67,8 +67,10 @@ type Result struct {
 	// utilisation (-1: not before the cycle ended); its highest utilisation
 	// over the mean, minus 1.
 	FailPeak, ColdFill, ColdOver []float64
-	Queries                      int
-	ClientsPerAns                float64
+	// ColdWindow is how long a cold target was watched in each cycle.
+	ColdWindow    float64
+	Queries       int
+	ClientsPerAns float64
 }
 
 const (
@@ -196,6 +198,7 @@ func Run(sc Scenario) Result {
 	}
 	r := s.res
 	r.Queries = s.queries
+	r.ColdWindow = sc.CycleLen - sc.RejoinAfter
 	if len(s.samples) > 0 {
 		slices.Sort(s.samples)
 		r.P50 = quantile(s.samples, 0.5)

@@ -59,10 +59,16 @@ func TestDeterministic(t *testing.T) {
 
 func TestRunPrintsTables(t *testing.T) {
 	var b strings.Builder
-	if err := run(&b, "nope", "all", false, 1); err == nil {
+	o := options{scenario: "nope", policy: "all", seed: 1, ttl: -1, answers: -1, slowStart: -1, spread: -1, quiet: true}
+	if err := run(&b, o); err == nil {
 		t.Error("unknown scenario accepted")
 	}
-	if err := run(&b, "all", "nope", false, 1); err == nil {
+	o.scenario, o.policy = "all", "nope"
+	if err := run(&b, o); err == nil {
 		t.Error("unknown policy accepted")
+	}
+	o.policy, o.answers = "all", 0
+	if err := run(&b, o); err == nil || !strings.Contains(err.Error(), "answers") {
+		t.Errorf("answers 0: %v", err)
 	}
 }
