@@ -36,18 +36,26 @@ func (o Outcome) String() string { return name(outcomeNames, int(o)) }
 // IPv6 for AAAA, AnyFamily for SRV). now is the time in Unix nanoseconds.
 // ttl is the answer's TTL in seconds, jittered.
 //
-// key identifies the asker, e.g. a hash of the client address or ECS subnet
-// and the query name (no time bucket needed). For Config.StickyWindow after a
-// key's first choice, the same key gets the same nodes again, mapped to the
-// asked family through the node name, so the A and AAAA answers of one
-// client name the same nodes (Happy Eyeballs then cannot undo the choice);
-// a rare collision in the sticky table loses that, never correctness. Every
-// call is counted in the ledger, sticky or not: the learned clients-per-
-// answer estimate is calibrated against exactly what was counted, so an
-// A/AAAA pair that brings one client counts twice and teaches the estimate
-// that answers bring half as many clients, consistently for all targets.
-// Keep the window well below the TTL: a key sticking across its resolver's
-// refreshes would act as a longer TTL.
+// key identifies the asker: a hash of the client's address (or ECS subnet)
+// and the query name, no time bucket needed. The pool remembers recent keys
+// (a lossy table shared along the chain of Pools) for two things. For
+// Config.StickyWindow after a key's choice, the same key gets the same nodes
+// again, mapped to the asked family by node name, so the A and AAAA answers
+// of one client name the same nodes (Happy Eyeballs then cannot undo the
+// choice); a rare collision in the table loses that, never correctness. And
+// how soon a key comes back after its answer expired tells how many clients
+// its answers bring: the ledger counts an answer to a busy resolver as many
+// clients, one to an idle resolver as one. Every call is counted, sticky or
+// not: the learned scale (ClientsPerAnswer) is calibrated against exactly
+// what was counted, so an A/AAAA pair that brings one client counts twice
+// and the scale halves, for all targets alike.
+//
+// When no target is eligible, Config.OnEmpty decides. Fail-open answers
+// with the least bad targets: never draining ones; critical ones whose load
+// report is fresh (their reporter is alive, so probably the node is) before
+// those with a stale or no report; the least loaded first. When the pool
+// has eligible targets but none in fam, the outcome is OutcomeNoData
+// whatever OnEmpty says: the name exists, without records of that type.
 //
 // In shards mode, the indices name LBs of a single shard (never mixed),
 // rotated from one answer to the next.

@@ -43,7 +43,7 @@ const (
 	RoundRobin
 	// NaiveLeastLoaded answers with the k least loaded targets by last report:
 	// no prediction, no randomness, no slow start. It herds, and exists only
-	// so the simulator can show by how much; ParseKind does not accept it.
+	// so the simulator can show by how much; UnmarshalText does not accept it.
 	NaiveLeastLoaded
 )
 
@@ -112,7 +112,8 @@ const MaxAnswers = 8
 
 // Config is one pool's policy. Start from DefaultConfig and override fields;
 // a zero field means zero (e.g. SlowStart 0 turns slow start off), not
-// "default". Field names follow the configuration keys.
+// "default". Validate names a field by its configuration key, the field
+// name in snake_case (slow_start_floor).
 type Config struct {
 	// Mode is nodes or shards.
 	Mode Mode
@@ -153,12 +154,13 @@ type Config struct {
 	// size are looked at whole, larger ones sampled at random, which keeps a
 	// choice among 10,000 targets as cheap as among 32.
 	Candidates int
-	// StickyWindow is how long a key (client subnet and name) keeps getting
-	// the same targets, so that a client's A and AAAA answers name the same
-	// nodes; 0 turns it off. Keep it well under the TTL: a resolver that asks
-	// again after its cache expired should get a fresh choice.
+	// StickyWindow is how long a key (client address or subnet, and name)
+	// keeps getting the same nodes, so that a client's A and AAAA answers
+	// name the same nodes; 0 turns it off. It must be under the TTL: a
+	// resolver that asks again after its cache expired gets a fresh choice.
 	StickyWindow time.Duration
-	// LearnWindow is the time constant of the clients-per-answer estimate.
+	// LearnWindow is the time constant of the learned clients-per-answer
+	// scale (see Pool.ClientsPerAnswer).
 	LearnWindow time.Duration
 	// Seed is mixed into every random choice. Give each farmdns instance its
 	// own, so that instances answering the same resolvers do not agree.

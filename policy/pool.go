@@ -156,17 +156,22 @@ type Pool struct {
 // NewPool builds the state for one snapshot of a pool: targets are the
 // service's instances and, in shards mode, lbs the shards' load balancers
 // (nil in nodes mode). prev is the Pool this one replaces, or nil; the
-// answer ledger, slow starts, the sticky table and the learned
-// clients-per-answer estimate carry over from it by target identity (node
-// and service ID), so a rebuild never resets them. Calls that share a prev
-// chain must not run concurrently. cfg must have passed Validate. targets
-// and lbs are kept, not copied: they must not change afterwards (health
-// snapshots never do).
+// answer ledger, slow starts, the asker table and the learned scale carry
+// over from it by target identity (node and service ID), so a rebuild never
+// resets them. Calls that share a prev chain must not run concurrently.
+// cfg must have passed Validate. targets and lbs are kept, not copied: they
+// must not change afterwards (health snapshots never do). now is when the
+// snapshot was built, on the clock Choose is given.
 //
 // A load report is taken in when Load.Updated, Accepted or Connections
-// differ from the previous build's; the growth of Accepted since the
-// previous report, set against the answers handed out meanwhile, is what
-// teaches the pool how many clients an answer brings.
+// differ from the previous build's: the target's prediction restarts from
+// the reported connections, and the growth of Accepted since its previous
+// report, set against the ledger meanwhile, teaches the scale (unless
+// Accepted went down: the reporter restarted). A stale load keeps its last
+// report plus the ledger since, which grows until the target is chosen less;
+// an unknown or malformed one counts as the mean utilisation of the known
+// ones plus the ledger since the build. A target that appears, or becomes
+// eligible again, after the chain's first build starts a slow start.
 func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time) *Pool {
 	nowN := now.UnixNano()
 	p := &Pool{cfg: cfg}
@@ -583,6 +588,11 @@ func (p *Pool) Records() []health.Target { return p.records }
 // Config returns the configuration the pool was built with.
 func (p *Pool) Config() Config { return p.cfg }
 
-// ClientsPerAnswer returns the learned estimate of how many new clients an
-// answer brings to the target it names first, and to each later one.
+// ClientsPerAnswer returns the learned scale of the ledger: how many clients
+// arrive at the target an answer names first, and at each later one, per
+// client the ledger expected from the answer (an answer's expected clients
+// come from how soon its asker comes back; see Choose). Around 1 for the
+// first record means the ledger's sizes are right. A second farmdns
+// instance answering the same resolvers raises it: clients of its answers
+// arrive too, and each instance sees only some of a resolver's questions.
 func (p *Pool) ClientsPerAnswer() (first, later float64) { return p.c1, p.c2 }
