@@ -36,6 +36,7 @@ type instance struct {
 	meta           map[string]string
 	health         HealthState
 	draining       bool
+	loadKey        string // KV key of its load report, derived from node and id
 }
 
 func (a *instance) equal(b *instance) bool {
@@ -48,9 +49,9 @@ func instancesEqual(a, b []instance) bool {
 	return slices.EqualFunc(a, b, func(x, y instance) bool { return x.equal(&y) })
 }
 
-// instancesFromEntries reduces a /v1/health/service answer, sorted by node
-// then service ID so that equal content compares equal.
-func instancesFromEntries(entries []*api.ServiceEntry) []instance {
+// instancesFromEntries reduces a /v1/health/service answer for service,
+// sorted by node then service ID so that equal content compares equal.
+func instancesFromEntries(entries []*api.ServiceEntry, loadPrefix, service string) []instance {
 	out := make([]instance, 0, len(entries))
 	for _, e := range entries {
 		if e == nil || e.Node == nil || e.Service == nil {
@@ -62,6 +63,7 @@ func instancesFromEntries(entries []*api.ServiceEntry) []instance {
 			tags: e.Service.Tags, meta: e.Service.Meta,
 		}
 		in.health, in.draining = aggregateChecks(e.Checks, e.Service.ID)
+		in.loadKey = LoadKey(loadPrefix, service, in.node, in.id)
 		out = append(out, in)
 	}
 	slices.SortFunc(out, func(a, b instance) int {
@@ -199,7 +201,7 @@ func (b *builder) build(gen uint64, now time.Time) (*Snapshot, time.Time) {
 				p.counts.InvalidAddress++
 				continue
 			}
-			if r, ok := b.reports[LoadKey(b.prefix, sc.Name, in.node, in.id)]; ok {
+			if r, ok := b.reports[in.loadKey]; ok {
 				matched++
 				b.applyReport(&t, r, now)
 				if t.Load.State == LoadKnown {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"gopkg.in/yaml.v3"
 )
 
 // countingHandler counts log records by level and keeps their messages.
@@ -101,7 +102,7 @@ func TestBuildTargets(t *testing.T) {
 		entry("n1", "10.0.0.1", "web-a", "::ffff:192.0.2.7", 80, nil),
 		entry("n3", "10.0.0.3", "web-c", "host.example", 80, nil), // not an IP: left out
 		nil,
-	})
+	}, "farmdns/load", "web")
 	s, _ := b.build(1, t0)
 	if s.Generation() != 1 || !s.Built().Equal(t0) {
 		t.Errorf("generation %d built %v", s.Generation(), s.Built())
@@ -161,7 +162,7 @@ func TestBuildLoads(t *testing.T) {
 		entry("n10", "10.0.0.10", "meta-neg", "", 80, map[string]string{"connections": "-1"}),
 		entry("n11", "10.0.0.11", "meta-badcap", "", 80, map[string]string{"connections": "5", "capacity": "x"}),
 		entry("n12", "10.0.0.12", "none", "", 80, nil),
-	})
+	}, "farmdns/load", "web")
 	b.setKV(kvFromPairs(api.KVPairs{
 		{Key: "farmdns/load/web/n01/kv", Value: report(10, 1000, 2000, fresh)},
 		{Key: "farmdns/load/web/n02/kv-nocap", Value: report(20, 1, 0, fresh)},
@@ -259,13 +260,13 @@ func TestBuildLoads(t *testing.T) {
 
 func TestSnapshotContentAndSuperseded(t *testing.T) {
 	b, _ := newTestBuilder(t, ServiceConfig{Name: "web"})
-	b.instances["web"] = instancesFromEntries([]*api.ServiceEntry{entry("n1", "10.0.0.1", "a", "", 80, map[string]string{"k": "v"})})
+	b.instances["web"] = instancesFromEntries([]*api.ServiceEntry{entry("n1", "10.0.0.1", "a", "", 80, map[string]string{"k": "v"})}, "farmdns/load", "web")
 	s1, _ := b.build(1, t0)
 	s2, _ := b.build(2, t0.Add(time.Second))
 	if !s1.sameContent(s2) {
 		t.Error("identical builds differ")
 	}
-	b.instances["web"] = instancesFromEntries([]*api.ServiceEntry{entry("n1", "10.0.0.1", "a", "", 80, map[string]string{"k": "w"})})
+	b.instances["web"] = instancesFromEntries([]*api.ServiceEntry{entry("n1", "10.0.0.1", "a", "", 80, map[string]string{"k": "w"})}, "farmdns/load", "web")
 	s3, _ := b.build(3, t0)
 	if s1.sameContent(s3) {
 		t.Error("a meta change went unnoticed")
@@ -379,5 +380,63 @@ func TestEmptyWatcher(t *testing.T) {
 	}
 	if ok, _ := w.Ready(); ok {
 		t.Error("a watcher that is not running is ready")
+	}
+}
+
+// BenchmarkBuild measures the watcher's own work per KV change at scale: the
+// reparse of a changed tenth of the reports and a full snapshot build and
+// comparison. Decoding Consul's JSON (done by the API client) is not included.
+func BenchmarkBuild(b *testing.B) {
+	for _, n := range []int{5000, 50000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			cfg, _ := WatcherConfig{Services: []ServiceConfig{{Name: "big"}}}.withDefaults()
+			bl := newBuilder(&cfg, slog.New(slog.DiscardHandler))
+			entries := make([]*api.ServiceEntry, n)
+			pairs := make(api.KVPairs, n)
+			now := time.Now()
+			for i := range n {
+				node, id := fmt.Sprintf("n%05d", i/5), fmt.Sprintf("big-%05d", i)
+				entries[i] = entry(node, fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255), id, "", 80, map[string]string{"rack": "r1"})
+				pairs[i] = &api.KVPair{Key: LoadKey("farmdns/load", "big", node, id), Value: report(int64(i%1000), int64(i), 20000, now)}
+			}
+			bl.instances["big"] = instancesFromEntries(entries, "farmdns/load", "big")
+			bl.setKV(kvFromPairs(pairs))
+			prev, _ := bl.build(1, now)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				for j := i % 10; j < n; j += 10 { // a tenth of the loads change
+					pairs[j] = &api.KVPair{Key: pairs[j].Key, Value: report(int64(i), int64(i), 20000, now)}
+				}
+				bl.setKV(kvFromPairs(pairs))
+				s, _ := bl.build(uint64(i+2), now)
+				if s.sameContent(prev) {
+					b.Fatal("no change seen")
+				}
+				prev = s
+			}
+		})
+	}
+}
+
+func TestWatcherConfigYAML(t *testing.T) {
+	src := `
+services:
+  - name: web
+    default_capacity: 20000
+  - name: mail
+load_prefix: farm/load
+max_report_age: 45s
+max_staleness: 10m
+`
+	var c WatcherConfig
+	dec := yaml.NewDecoder(strings.NewReader(src))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Services) != 2 || c.Services[0] != (ServiceConfig{Name: "web", DefaultCapacity: 20000}) ||
+		c.LoadPrefix != "farm/load" || c.MaxReportAge != 45*time.Second || c.MaxStaleness != 10*time.Minute {
+		t.Errorf("decoded %+v", c)
 	}
 }

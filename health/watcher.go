@@ -18,12 +18,21 @@ import (
 
 // Defaults of WatcherConfig.
 const (
+	// DefaultMaxReportAge is the age beyond which a load report is stale.
 	DefaultMaxReportAge = 30 * time.Second
+	// DefaultMaxStaleness is how long data may go unsynced before not-ready.
 	DefaultMaxStaleness = 5 * time.Minute
-	DefaultMaxWaitTime  = time.Minute
-	DefaultMinInterval  = 100 * time.Millisecond
-	maxBackoff          = 10 * time.Second
-	minBackoff          = 200 * time.Millisecond
+	// DefaultMaxWaitTime caps the wait of one blocking query.
+	DefaultMaxWaitTime = time.Minute
+	// DefaultMinInterval is the least time between two queries of one loop.
+	DefaultMinInterval = 100 * time.Millisecond
+)
+
+// Error backoff bounds: the first retry comes after 100-200 ms, the pause
+// doubles per failure, and it never exceeds 10 s.
+const (
+	minBackoff = 200 * time.Millisecond
+	maxBackoff = 10 * time.Second
 )
 
 // ServiceConfig is one Consul service farmdns answers for.
@@ -374,7 +383,7 @@ func (l *loop) query(ctx context.Context, index uint64) (update, uint64, error) 
 		var entries []*api.ServiceEntry
 		entries, meta, err = l.w.client.Health().Service(l.name, "", false, opts)
 		if err == nil {
-			ins := instancesFromEntries(entries)
+			ins := instancesFromEntries(entries, cfg.LoadPrefix, l.name)
 			u.changed = !l.have || !instancesEqual(ins, l.prevIns)
 			empty = len(ins) == 0 && len(l.prevIns) > 0
 			u.ins = ins
