@@ -5,8 +5,11 @@ import (
 	"sync/atomic"
 )
 
-// askerSlots is the size of a pool's asker table.
-const askerSlots = 8192
+// askerSlots is the size of a pool's asker table (80 bytes a slot, 320 KiB
+// a pool). An A/AAAA pair is milliseconds apart; at 10,000 questions a
+// second another key takes the pair's slot in between about once in 200
+// pairs, and the pair is then chosen for twice.
+const askerSlots = 4096
 
 // askerTable remembers, per key (an asker: a resolver's address and the
 // query name), what the latest fresh choice was, when it was made, with
@@ -106,31 +109,66 @@ func (t *askerTable) store(key uint64, now, ttl int64, wait float64, ids []uint3
 }
 
 const (
-	waitSmoothing = 0.3     // weight of the newest wait in the mean
+	waitSmoothing = 0.2  // weight of the newest wait in an asker's mean
+	paceSmoothing = 0.05 // weight of the newest sample in the pool's pace
+	maxPaceLog    = 2.5  // bounds one sample's ln(usual wait / this wait)
+	eulerGamma    = 0.5772156649015329
 	idleAfter     = 600e9   // a key silent this long starts over, ns
 	minWait       = 1e6     // 1 ms: bounds an answer's size at 1 + TTL/1ms
 	maxSize       = 10000.0 // and at this many clients
 )
 
+// pace tracks how much faster than usual clients arrive right now, over
+// all askers: an exponentially weighted mean of ln(an asker's usual wait /
+// its wait this time). When a target fails and its clients reconnect at
+// once, every resolver's wait shrinks together, and pace shows it within a
+// few dozen questions, long before a load report can. For exponential waits
+// the mean of ln(mean/wait) is Euler's constant, which is subtracted, so
+// pace is 0 in a steady state.
+type pace struct{ bits atomic.Uint64 }
+
+// add folds one sample in and returns the new mean.
+func (p *pace) add(x float64) float64 {
+	for {
+		old := p.bits.Load()
+		m := math.Float64frombits(old)
+		n := m + paceSmoothing*(x-m)
+		if p.bits.CompareAndSwap(old, math.Float64bits(n)) {
+			return n
+		}
+	}
+}
+
+func (p *pace) load() float64 { return math.Float64frombits(p.bits.Load()) }
+
 // size returns the expected number of clients an answer to this asker
 // brings (1 for an unknown asker: it asked, so at least one client), and
 // the asker's updated mean wait to store.
-func (a *asker) size(now, ttl int64) (clients, wait float64) {
+func (a *asker) size(now, ttl int64, pc *pace) (clients, wait float64) {
 	if !a.found || now-a.at > idleAfter || now < a.at {
 		return 1, 0
 	}
-	w := float64(max(now-a.at-a.ttl, 0))
-	if a.wait > 0 {
-		w = waitSmoothing*w + (1-waitSmoothing)*a.wait
+	if now < a.at+a.ttl {
+		// Asked again before its answer expired: not one caching
+		// resolver (several behind one address, or none). Its questions
+		// tell nothing about its clients; count this one as one.
+		return 1, a.wait
 	}
-	return min(1+float64(ttl)/max(w, minWait), maxSize), w
+	w := float64(now - a.at - a.ttl)
+	if a.wait <= 0 {
+		return min(1+float64(ttl)/max(w, minWait), maxSize), w
+	}
+	x := math.Log(a.wait/max(w, minWait)) - eulerGamma
+	speed := math.Exp(pc.add(min(max(x, -maxPaceLog), maxPaceLog)))
+	w = waitSmoothing*w + (1-waitSmoothing)*a.wait
+	return min(1+float64(ttl)*speed/max(w, minWait), maxSize), w
 }
 
-// sizeAgain returns the size the latest fresh choice was counted with, for
-// a sticky repeat of it.
-func (a *asker) sizeAgain() float64 {
+// sizeAgain returns the size the latest fresh choice was counted with
+// (near enough: at today's pace), for a sticky repeat of it.
+func (a *asker) sizeAgain(pc *pace) float64 {
 	if a.wait <= 0 {
 		return 1
 	}
-	return min(1+float64(a.ttl)/max(a.wait, minWait), maxSize)
+	return min(1+float64(a.ttl)*math.Exp(pc.load())/max(a.wait, minWait), maxSize)
 }

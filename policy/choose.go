@@ -36,18 +36,26 @@ func (o Outcome) String() string { return name(outcomeNames, int(o)) }
 // IPv6 for AAAA, AnyFamily for SRV). now is the time in Unix nanoseconds.
 // ttl is the answer's TTL in seconds, jittered.
 //
-// key identifies the asker, e.g. a hash of the client address or ECS subnet
-// and the query name (no time bucket needed). For Config.StickyWindow after a
-// key's first choice, the same key gets the same nodes again, mapped to the
-// asked family through the node name, so the A and AAAA answers of one
-// client name the same nodes (Happy Eyeballs then cannot undo the choice);
-// a rare collision in the sticky table loses that, never correctness. Every
-// call is counted in the ledger, sticky or not: the learned clients-per-
-// answer estimate is calibrated against exactly what was counted, so an
-// A/AAAA pair that brings one client counts twice and teaches the estimate
-// that answers bring half as many clients, consistently for all targets.
-// Keep the window well below the TTL: a key sticking across its resolver's
-// refreshes would act as a longer TTL.
+// key identifies the asker: a hash of the client's address (or ECS subnet)
+// and the query name, no time bucket needed. The pool remembers recent keys
+// (a lossy table shared along the chain of Pools) for two things. For
+// Config.StickyWindow after a key's choice, the same key gets the same nodes
+// again, mapped to the asked family by node name, so the A and AAAA answers
+// of one client name the same nodes (Happy Eyeballs then cannot undo the
+// choice); a rare collision in the table loses that, never correctness. And
+// how soon a key comes back after its answer expired tells how many clients
+// its answers bring: the ledger counts an answer to a busy resolver as many
+// clients, one to an idle resolver as one. Every call is counted, sticky or
+// not: the learned scale (ClientsPerAnswer) is calibrated against exactly
+// what was counted, so an A/AAAA pair that brings one client counts twice
+// and the scale halves, for all targets alike.
+//
+// When no target is eligible, Config.OnEmpty decides. Fail-open answers
+// with the least bad targets: never draining ones; critical ones whose load
+// report is fresh (their reporter is alive, so probably the node is) before
+// those with a stale or no report; the least loaded first. When the pool
+// has eligible targets but none in fam, the outcome is OutcomeNoData
+// whatever OnEmpty says: the name exists, without records of that type.
 //
 // In shards mode, the indices name LBs of a single shard (never mixed),
 // rotated from one answer to the next.
@@ -73,7 +81,7 @@ func (p *Pool) Choose(dst []int, fam Family, key uint64, now int64) (picked []in
 		if len(list) == 0 {
 			return dst, ttl, OutcomeNoData
 		}
-		dst = p.pick(dst, list, min(p.cfg.Answers, len(list)), &r, now, true)
+		dst = p.pick(dst, list, min(p.cfg.Answers, len(list)), &r, now, true, 1)
 		p.account(dst, now, 1)
 		return dst, ttl, OutcomeFailOpen
 	}
@@ -84,17 +92,17 @@ func (p *Pool) Choose(dst []int, fam Family, key uint64, now int64) (picked []in
 	if a.found && now-a.at < int64(p.cfg.StickyWindow) {
 		// The same asker again, e.g. the AAAA question after the A one.
 		dst = p.fromIDs(dst, a.ids[:a.n], fam, k)
-		size = a.sizeAgain()
+		size = a.sizeAgain(&p.ch.pace)
 	}
 	fresh := len(dst) == 0
 	if fresh {
-		size, wait = a.size(now, int64(ttl)*int64(time.Second))
+		size, wait = a.size(now, int64(ttl)*int64(time.Second), &p.ch.pace)
 	}
 	if len(dst) < k {
 		if p.cfg.Policy == RoundRobin {
 			dst = p.rotate(dst, list, k)
 		} else {
-			dst = p.pick(dst, list, k, &r, now, false)
+			dst = p.pick(dst, list, k, &r, now, false, size)
 		}
 	}
 	if fresh && !a.slotBusy {
@@ -157,14 +165,17 @@ func (p *Pool) account(dst []int, now int64, size float64) {
 	}
 }
 
-// ttl jitters the TTL by up to ±TTLJitter, rounding at random so that the
-// jitter survives whole seconds (a 5 s TTL with 10% gives 4, 5 or 6 s with a
-// mean of 5 s), and never below 1 s.
+// ttl jitters the TTL by up to ±TTLJitter in whole seconds, rounding at
+// random so that the mean stays the TTL. The bound is strict: a TTL too
+// short for a whole second of jitter (under 10 s at 10%) is not jittered,
+// since a 1 s TTL stretched to 2 s would double the herd a busy resolver's
+// answer sends to its first record.
 func (p *Pool) ttl(r *rng) uint32 {
 	t := p.cfg.TTL.Seconds()
-	if p.cfg.TTLJitter > 0 {
-		t *= 1 + p.cfg.TTLJitter*(2*r.float()-1)
-		t = math.Floor(t + r.float())
+	if j := p.cfg.TTLJitter; j > 0 {
+		lo, hi := math.Ceil(t*(1-j)), math.Floor(t*(1+j))
+		x := math.Floor(t*(1+j*(2*r.float()-1)) + r.float())
+		t = min(max(x, lo), hi)
 	}
 	return uint32(max(t, 1))
 }
@@ -198,11 +209,17 @@ func (p *Pool) capacity(e *entry, now int64) float64 {
 
 // pick appends up to k targets from list, best first, by the pool's policy
 // (or, if fallback, by fail-open rank, then predicted utilisation). Each
-// candidate gets a score; the k lowest win.
-func (p *Pool) pick(dst []int, list []int32, k int, r *rng, now int64, fallback bool) []int {
+// candidate gets a score; the k lowest win. size is the clients the answer
+// is expected to bring: least-loaded ranks targets by their utilisation
+// once those arrive, so a big answer goes to a big target.
+func (p *Pool) pick(dst []int, list []int32, k int, r *rng, now int64, fallback bool, size float64) []int {
 	var top topK
 	top.k = k - len(dst)
 	spread := p.cfg.Spread * p.meanUtil
+	add := 0.0
+	if !p.equalCap {
+		add = size * p.c1
+	}
 	s := newSampler(len(list), p.cfg.Candidates, r)
 	for {
 		n, ok := s.next()
@@ -223,7 +240,7 @@ func (p *Pool) pick(dst []int, list []int32, k int, r *rng, now int64, fallback 
 		case p.cfg.Policy == Weighted:
 			score = weightedScore(p.capacity(e, now)-p.predicted(e), p.predicted(e)/e.cap, p.equalCap, r)
 		default: // LeastLoaded
-			score = p.predicted(e)/p.capacity(e, now) + spread*r.float()
+			score = (p.predicted(e)+add)/p.capacity(e, now) + spread*r.float()
 		}
 		top.offer(j, score)
 	}
@@ -329,11 +346,11 @@ func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng,
 		if a.found && now-a.at < int64(p.cfg.StickyWindow) {
 			if s, ok := p.shardByID[a.ids[0]]; ok && p.shards[s].eligible && len(p.shards[s].lbs[fam]) > 0 {
 				si = s
-				size = a.sizeAgain()
+				size = a.sizeAgain(&p.ch.pace)
 			}
 		}
 		if si < 0 {
-			size, wait = a.size(now, int64(ttl)*int64(time.Second))
+			size, wait = a.size(now, int64(ttl)*int64(time.Second), &p.ch.pace)
 			si = p.pickShard(list, r, now, false)
 			if !a.slotBusy {
 				p.ch.askers.store(key, now, int64(ttl)*int64(time.Second), wait, []uint32{p.shards[si].st.id})

@@ -43,7 +43,7 @@ const (
 	RoundRobin
 	// NaiveLeastLoaded answers with the k least loaded targets by last report:
 	// no prediction, no randomness, no slow start. It herds, and exists only
-	// so the simulator can show by how much; ParseKind does not accept it.
+	// so the simulator can show by how much; UnmarshalText does not accept it.
 	NaiveLeastLoaded
 )
 
@@ -112,7 +112,8 @@ const MaxAnswers = 8
 
 // Config is one pool's policy. Start from DefaultConfig and override fields;
 // a zero field means zero (e.g. SlowStart 0 turns slow start off), not
-// "default". Field names follow the configuration keys.
+// "default". Validate names a field by its configuration key, the field
+// name in snake_case (slow_start_floor).
 type Config struct {
 	// Mode is nodes or shards.
 	Mode Mode
@@ -131,6 +132,7 @@ type Config struct {
 	Capacity int64
 	// ShardMeta is the service meta key naming a target's shard (shards
 	// mode; LB instances carry the same key). Required in shards mode.
+	// Targets and LBs without it belong to no shard and are left out.
 	ShardMeta string
 	// OnEmpty is what to answer when no target is eligible.
 	OnEmpty OnEmpty
@@ -152,12 +154,13 @@ type Config struct {
 	// size are looked at whole, larger ones sampled at random, which keeps a
 	// choice among 10,000 targets as cheap as among 32.
 	Candidates int
-	// StickyWindow is how long a key (client subnet and name) keeps getting
-	// the same targets, so that a client's A and AAAA answers name the same
-	// nodes; 0 turns it off. Keep it well under the TTL: a resolver that asks
-	// again after its cache expired should get a fresh choice.
+	// StickyWindow is how long a key (client address or subnet, and name)
+	// keeps getting the same nodes, so that a client's A and AAAA answers
+	// name the same nodes; 0 turns it off. It must be under the TTL: a
+	// resolver that asks again after its cache expired gets a fresh choice.
 	StickyWindow time.Duration
-	// LearnWindow is the time constant of the clients-per-answer estimate.
+	// LearnWindow is the time constant of the learned clients-per-answer
+	// scale (see Pool.ClientsPerAnswer).
 	LearnWindow time.Duration
 	// Seed is mixed into every random choice. Give each farmdns instance its
 	// own, so that instances answering the same resolvers do not agree.
@@ -169,7 +172,7 @@ func DefaultConfig() Config {
 	return Config{
 		Mode:           Nodes,
 		Answers:        3,
-		TTL:            5 * time.Second,
+		TTL:            time.Second,
 		Policy:         LeastLoaded,
 		OnEmpty:        EmptyFailOpen,
 		SlowStart:      45 * time.Second,
@@ -211,8 +214,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("spread: %v is not between 0 and 0.5", c.Spread)
 	case c.Candidates < 2 || c.Candidates > 1024:
 		return fmt.Errorf("candidates: %d is not between 2 and 1024", c.Candidates)
-	case c.StickyWindow < 0 || c.StickyWindow > time.Minute:
-		return fmt.Errorf("sticky_window: %s is not between 0 and 1m", c.StickyWindow)
+	case c.StickyWindow < 0 || c.StickyWindow >= c.TTL:
+		return fmt.Errorf("sticky_window: %s is not between 0 and the TTL (%s)", c.StickyWindow, c.TTL)
 	case c.LearnWindow < time.Second:
 		return fmt.Errorf("learn_window: %s is under 1s", c.LearnWindow)
 	}

@@ -27,10 +27,10 @@ type learner struct {
 }
 
 const (
-	priorClients = 1    // clients per first-named answer before anything is learned
+	priorClients = 1    // clients per expected client of a first-named answer, before anything is learned
+	priorWeight  = 5    // how many answers' worth the prior counts for
 	priorOmega   = 0.25 // later positions' share relative to the first
 	slowFactor   = 10   // the split's time constant over the scale's
-	minAnswers   = 3    // answers a scale estimate needs behind it
 )
 
 func (l *learner) init() { l.omega, l.c1 = priorOmega, priorClients }
@@ -73,8 +73,6 @@ func (l *learner) estimate() (float64, float64) {
 			l.omega = min(b/a, 1)
 		}
 	}
-	if l.sx >= minAnswers {
-		l.c1 = l.sy / l.sx
-	}
+	l.c1 = (l.sy + priorClients*priorWeight) / (l.sx + priorWeight)
 	return l.c1, l.c1 * l.omega
 }

@@ -46,7 +46,8 @@ type targetState struct {
 	count atomic.Uint64 // answers that named it
 	last  atomic.Int64  // unix ns of the latest answer naming it; 0 if none
 
-	id          uint32 // stable, for the sticky table
+	id          uint32 // stable, for the asker table
+	build       uint64 // the latest build that used this state
 	seen        bool   // a report has been taken in
 	eligible    bool   // in the previous build
 	slowStart   int64  // unix ns when the current slow start began; 0 if none
@@ -62,9 +63,10 @@ type targetState struct {
 
 // shardState is the part of a shard that outlives one Pool.
 type shardState struct {
-	answers atomic.Uint64 // answers that named the shard
+	answers atomic.Uint64 // clients expected from its answers, in 1/ledgerUnit
 	rr      atomic.Uint64 // rotation across its LBs
 	id      uint32
+	build   uint64 // the latest build that saw the shard
 }
 
 // chain is what successive Pools built from one another share.
@@ -72,10 +74,14 @@ type chain struct {
 	mode      Mode
 	nextID    uint32
 	askers    *askerTable
+	pace      pace
 	rr        atomic.Uint64 // round-robin position (nodes mode)
 	learn     learner
 	lastBuild int64
-	shards    map[string]*shardState // builder only
+	build     uint64 // counts NewPool calls
+	// Builder only: the states of the latest build's targets and LBs.
+	targets, lbs map[identity]*targetState
+	shards       map[string]*shardState
 }
 
 // entry is one target as one Pool sees it: immutable after NewPool.
@@ -107,6 +113,7 @@ type shard struct {
 	connBase float64
 	connRep  float64 // reported connections of the eligible nodes
 	capFull  float64
+	capElig  float64 // full capacity of the eligible nodes
 	ramping  []int32 // eligible nodes in slow start
 	eligible bool    // has an eligible node
 	fbNodes  bool    // has a non-draining node
@@ -136,46 +143,47 @@ type Pool struct {
 	shardElig  [families][]int32
 	shardFB    [families][]int32
 	shardByID  map[uint32]int32
+	shardIdx   map[string]int32 // by name
 	meanShardC float64
 
 	c1, c2   float64 // predicted clients per first / later answer position
 	meanUtil float64 // over eligible targets (or shards), at build
 	equalCap bool    // no capacity known: balance connections
 	maxCap   float64
-	built    int64
 	ttlMax   int64 // longest TTL an answer carries, ns
 }
 
 // NewPool builds the state for one snapshot of a pool: targets are the
 // service's instances and, in shards mode, lbs the shards' load balancers
 // (nil in nodes mode). prev is the Pool this one replaces, or nil; the
-// answer ledger, slow starts, the sticky table and the learned
-// clients-per-answer estimate carry over from it by target identity (node
-// and service ID), so a rebuild never resets them. Calls that share a prev
-// chain must not run concurrently. cfg must have passed Validate. targets
-// and lbs are kept, not copied: they must not change afterwards (health
-// snapshots never do).
+// answer ledger, slow starts, the asker table and the learned scale carry
+// over from it by target identity (node and service ID), so a rebuild never
+// resets them. Calls that share a prev chain must not run concurrently.
+// cfg must have passed Validate. targets and lbs are kept, not copied: they
+// must not change afterwards (health snapshots never do). now is when the
+// snapshot was built, on the clock Choose is given.
 //
 // A load report is taken in when Load.Updated, Accepted or Connections
-// differ from the previous build's; the growth of Accepted since the
-// previous report, set against the answers handed out meanwhile, is what
-// teaches the pool how many clients an answer brings.
+// differ from the previous build's: the target's prediction restarts from
+// the reported connections, and the growth of Accepted since its previous
+// report, set against the ledger meanwhile, teaches the scale (unless
+// Accepted went down: the reporter restarted). A stale load keeps its last
+// report plus the ledger since, which grows until the target is chosen less;
+// an unknown or malformed one counts as the mean utilisation of the known
+// ones plus the ledger since the build. A target that appears, or becomes
+// eligible again, after the chain's first build starts a slow start.
 func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time) *Pool {
 	nowN := now.UnixNano()
-	p := &Pool{cfg: cfg, built: nowN}
-	p.ttlMax = int64(math.Ceil(cfg.TTL.Seconds()*(1+cfg.TTLJitter))) * int64(time.Second)
-	var prevStates, prevLBStates map[identity]*targetState
-	if prev != nil && prev.ch.mode == cfg.Mode {
-		p.ch = prev.ch
-		prevStates, prevLBStates = prev.stateMaps()
-	} else {
-		p.ch = &chain{mode: cfg.Mode, shards: map[string]*shardState{}}
+	p := &Pool{cfg: cfg}
+	p.ttlMax = int64(math.Floor(cfg.TTL.Seconds()*(1+cfg.TTLJitter))) * int64(time.Second)
+	fresh := prev == nil || prev.ch.mode != cfg.Mode
+	if fresh {
+		p.ch = &chain{mode: cfg.Mode, askers: new(askerTable), shards: map[string]*shardState{}}
 		p.ch.learn.init()
+	} else {
+		p.ch = prev.ch
 	}
-	fresh := prev == nil
-	if p.ch.askers == nil {
-		p.ch.askers = new(askerTable)
-	}
+	p.ch.build++
 	dt := float64(nowN-p.ch.lastBuild) / float64(time.Second)
 	if p.ch.lastBuild == 0 || dt < 0 {
 		dt = 0
@@ -187,13 +195,14 @@ func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time
 	p.equalCap = caps.equal
 	if cfg.Mode == Nodes {
 		p.records = targets
-		p.ents = p.buildEntries(targets, prevStates, caps, nowN, fresh, nil, true)
+		p.ents = p.buildEntries(targets, &p.ch.targets, caps, nowN, fresh, nil, true)
 	} else {
 		p.nodes = targets
+		p.shardIdx = map[string]int32{}
 		shardOf := p.assignShards(targets, lbs)
-		p.nodeEnts = p.buildEntries(targets, prevStates, caps, nowN, fresh, shardOf, true)
+		p.nodeEnts = p.buildEntries(targets, &p.ch.targets, caps, nowN, fresh, shardOf, true)
 		p.records = lbs
-		p.ents = p.buildEntries(lbs, prevLBStates, capacities(cfg, lbs), nowN, fresh, nil, false)
+		p.ents = p.buildEntries(lbs, &p.ch.lbs, capacities(cfg, lbs), nowN, fresh, nil, false)
 		for i := range p.ents {
 			p.ents[i].shard = -1
 			if v, ok := lbs[i].Meta[cfg.ShardMeta]; ok {
@@ -212,25 +221,6 @@ func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time
 		p.buildShards(nowN)
 	}
 	return p
-}
-
-// stateMaps indexes the previous pool's target states by identity.
-func (p *Pool) stateMaps() (targets, lbs map[identity]*targetState) {
-	targets = make(map[identity]*targetState, len(p.ents)+len(p.nodeEnts))
-	lbs = map[identity]*targetState{}
-	if p.cfg.Mode == Nodes {
-		for i := range p.ents {
-			targets[identity{p.records[i].Node, p.records[i].ServiceID}] = p.ents[i].st
-		}
-		return targets, lbs
-	}
-	for i := range p.nodeEnts {
-		targets[identity{p.nodes[i].Node, p.nodes[i].ServiceID}] = p.nodeEnts[i].st
-	}
-	for i := range p.ents {
-		lbs[identity{p.records[i].Node, p.records[i].ServiceID}] = p.ents[i].st
-	}
-	return targets, lbs
 }
 
 // capSet resolves capacities: a target's own, else the configured default,
@@ -270,11 +260,13 @@ func (c capSet) of(t *health.Target) float64 {
 }
 
 // buildEntries takes in targets: identity, reports, learning (if learn),
-// slow start. shardOf, in shards mode, gives each target's shard index (or
-// -1); the ledger counter of a node is then its shard's.
-func (p *Pool) buildEntries(ts []health.Target, prevStates map[identity]*targetState, caps capSet, now int64, fresh bool, shardOf []int32, learn bool) []entry {
+// slow start. states holds the previous build's states by identity and is
+// replaced by this one's. shardOf, in shards mode, gives each target's
+// shard index (or -1); the ledger counter of a node is then its shard's.
+func (p *Pool) buildEntries(ts []health.Target, states *map[identity]*targetState, caps capSet, now int64, fresh bool, shardOf []int32, learn bool) []entry {
 	ents := make([]entry, len(ts))
-	used := make(map[*targetState]bool, len(ts))
+	prevStates := *states
+	next := make(map[identity]*targetState, len(ts))
 	var shardCap []float64 // capacity of each shard's eligible nodes
 	if shardOf != nil {
 		shardCap = make([]float64, len(p.shards))
@@ -287,13 +279,17 @@ func (p *Pool) buildEntries(ts []health.Target, prevStates map[identity]*targetS
 	ss := int64(p.cfg.SlowStart)
 	for i := range ts {
 		t := &ts[i]
-		st := prevStates[identity{t.Node, t.ServiceID}]
-		isNew := st == nil || used[st]
+		id := identity{t.Node, t.ServiceID}
+		st := prevStates[id]
+		isNew := st == nil || st.build == p.ch.build // new, or a duplicate in ts
 		if isNew {
 			st = &targetState{id: p.ch.nextID, shard: -1}
 			p.ch.nextID++
 		}
-		used[st] = true
+		st.build = p.ch.build
+		if _, dup := next[id]; !dup {
+			next[id] = st
+		}
 		e := &ents[i]
 		e.st, e.fam, e.sibling, e.shard = st, familyOf(t), -1, -1
 		e.cap = caps.of(t)
@@ -314,15 +310,15 @@ func (p *Pool) buildEntries(ts []health.Target, prevStates map[identity]*targetS
 			st.slowStart = 0
 		}
 
-		// The ledger counter this target's prediction reads.
-		c1, c2 := float64(st.first.Load()), float64(st.other.Load())
+		// The ledger counters this target's prediction reads.
+		n1, n2 := float64(st.first.Load()), float64(st.other.Load())
 		if shardOf != nil {
-			c2 = 0
+			n1, n2 = 0, 0
 			if e.shard >= 0 {
-				c1 = float64(p.shards[e.shard].st.answers.Load())
+				n1 = float64(p.shards[e.shard].st.answers.Load())
 			}
 			if e.shard != st.shard { // moved shard: the old base means nothing
-				st.shard, st.base1, st.seen = e.shard, c1, false
+				st.shard, st.base1, st.base2, st.seen = e.shard, n1, 0, false
 			}
 		}
 		l := &t.Load
@@ -334,35 +330,33 @@ func (p *Pool) buildEntries(ts []health.Target, prevStates map[identity]*targetS
 				if learn && st.seen && l.Accepted >= st.accepted && (l.Accepted > 0 || st.accepted > 0) {
 					// The reporter did not restart: Accepted grew by the
 					// clients that arrived since its previous report.
-					x1, x2 := c1-st.base1, c2-st.base2
+					x1, x2 := n1-st.base1, n2-st.base2
 					if shardOf != nil && e.shard >= 0 {
 						x1 *= e.cap / shardCap[e.shard]
 					}
 					p.ch.learn.add(x1/ledgerUnit, x2/ledgerUnit, float64(l.Accepted-st.accepted))
 				}
 				st.seen, st.updated, st.accepted, st.connections = true, l.Updated, l.Accepted, l.Connections
-				st.conn, st.base1, st.base2 = float64(l.Connections), c1, c2
+				st.conn, st.base1, st.base2 = float64(l.Connections), n1, n2
 			}
 			e.conn, e.base1, e.base2 = st.conn, st.base1, st.base2
 		default:
 			// Unknown or malformed load: assume the mean utilisation (set
 			// once known, below) plus whatever was answered since this build.
 			st.seen = false
-			e.conn, e.base1, e.base2 = math.NaN(), c1, c2
+			e.conn, e.base1, e.base2 = math.NaN(), n1, n2
 		}
 	}
+	*states = next
 	return ents
 }
 
 // fillUnknown gives targets of unknown load the mean utilisation of the
-// others, and returns that mean over eligible targets.
+// targets whose load is known, and returns that mean.
 func fillUnknown(ents []entry) float64 {
-	var conn, capSum, capAll float64
+	var conn, capSum float64
 	for i := range ents {
 		e := &ents[i]
-		if e.eligible || e.knownLoad {
-			capAll += e.cap
-		}
 		if e.knownLoad {
 			conn += e.conn
 			capSum += e.cap
@@ -382,7 +376,7 @@ func fillUnknown(ents []entry) float64 {
 
 func (p *Pool) buildNodeViews() {
 	p.fillUnknownAndMean(p.ents)
-	firstByNode := map[string]*[families]int32{}
+	firstByNode := make(map[string][families]int32, len(p.ents))
 	for i := range p.ents {
 		e := &p.ents[i]
 		p.maxCap = max(p.maxCap, e.cap)
@@ -398,13 +392,13 @@ func (p *Pool) buildNodeViews() {
 		p.hasElig = true
 		p.elig[e.fam] = append(p.elig[e.fam], int32(i))
 		p.elig[AnyFamily] = append(p.elig[AnyFamily], int32(i))
-		f := firstByNode[p.records[i].Node]
-		if f == nil {
-			f = &[families]int32{-1, -1, -1}
-			firstByNode[p.records[i].Node] = f
+		f, ok := firstByNode[p.records[i].Node]
+		if !ok {
+			f = [families]int32{-1, -1, -1}
 		}
 		if f[e.fam] < 0 {
 			f[e.fam] = int32(i)
+			firstByNode[p.records[i].Node] = f
 		}
 	}
 	for i := range p.ents {
@@ -430,23 +424,17 @@ func (p *Pool) buildNodeViews() {
 	}
 }
 
+// fillUnknownAndMean fills in unknown loads and sets the mean utilisation
+// that Spread is a fraction of: the reported one, which is near enough.
 func (p *Pool) fillUnknownAndMean(ents []entry) {
-	mean := fillUnknown(ents)
-	// The spread is relative to the mean utilisation the choice will see,
-	// including what the ledger predicts; at build time the report is fresh
-	// enough for that.
-	p.meanUtil = mean
-	if p.meanUtil <= 0 {
-		p.meanUtil = 1 / max(p.maxCapOf(ents), 1)
+	p.meanUtil = fillUnknown(ents)
+	if p.meanUtil <= 0 { // an empty farm: a spread of about one connection
+		m := 1.0
+		for i := range ents {
+			m = max(m, ents[i].cap)
+		}
+		p.meanUtil = 1 / m
 	}
-}
-
-func (p *Pool) maxCapOf(ents []entry) float64 {
-	m := 0.0
-	for i := range ents {
-		m = max(m, ents[i].cap)
-	}
-	return m
 }
 
 // assignShards maps the targets to shard indices, creating the shards that
@@ -468,10 +456,8 @@ func (p *Pool) assignShards(targets, lbs []health.Target) []int32 {
 }
 
 func (p *Pool) shardIndex(name string) int32 {
-	for i := range p.shards {
-		if p.shards[i].name == name {
-			return int32(i)
-		}
+	if i, ok := p.shardIdx[name]; ok {
+		return i
 	}
 	st := p.ch.shards[name]
 	if st == nil {
@@ -479,7 +465,9 @@ func (p *Pool) shardIndex(name string) int32 {
 		p.ch.nextID++
 		p.ch.shards[name] = st
 	}
+	st.build = p.ch.build
 	p.shards = append(p.shards, shard{name: name, st: st})
+	p.shardIdx[name] = int32(len(p.shards) - 1)
 	return int32(len(p.shards) - 1)
 }
 
@@ -511,12 +499,16 @@ func (p *Pool) buildShards(now int64) {
 			s.capFull += e.cap
 		}
 	}
+	for name, st := range p.ch.shards { // forget shards no longer named
+		if st.build != p.ch.build {
+			delete(p.ch.shards, name)
+		}
+	}
 	for si := range p.shards {
 		s := &p.shards[si]
-		var capSum float64
 		for _, i := range s.nodes {
 			if e := &p.nodeEnts[i]; e.eligible {
-				capSum += e.cap
+				s.capElig += e.cap
 			}
 		}
 		for _, i := range s.nodes {
@@ -524,7 +516,7 @@ func (p *Pool) buildShards(now int64) {
 			if !e.eligible {
 				continue
 			}
-			s.connBase += e.conn - p.c1*(e.cap/capSum)*e.base1/ledgerUnit
+			s.connBase += e.conn - p.c1*(e.cap/s.capElig)*e.base1/ledgerUnit
 		}
 	}
 	for i := range p.ents {
@@ -596,6 +588,11 @@ func (p *Pool) Records() []health.Target { return p.records }
 // Config returns the configuration the pool was built with.
 func (p *Pool) Config() Config { return p.cfg }
 
-// ClientsPerAnswer returns the learned estimate of how many new clients an
-// answer brings to the target it names first, and to each later one.
+// ClientsPerAnswer returns the learned scale of the ledger: how many clients
+// arrive at the target an answer names first, and at each later one, per
+// client the ledger expected from the answer (an answer's expected clients
+// come from how soon its asker comes back; see Choose). Around 1 for the
+// first record means the ledger's sizes are right. A second farmdns
+// instance answering the same resolvers raises it: clients of its answers
+// arrive too, and each instance sees only some of a resolver's questions.
 func (p *Pool) ClientsPerAnswer() (first, later float64) { return p.c1, p.c2 }

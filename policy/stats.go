@@ -72,13 +72,7 @@ func (p *Pool) Stats(now time.Time) []TargetStats {
 		t.Answers, t.LastAnswered, t.ExposureEnds = 0, time.Time{}, time.Time{}
 		if e.shard >= 0 && e.eligible {
 			s := &p.shards[e.shard]
-			var capSum float64
-			for _, j := range s.nodes {
-				if p.nodeEnts[j].eligible {
-					capSum += p.nodeEnts[j].cap
-				}
-			}
-			t.Predicted += p.c1 * e.cap / capSum * (float64(s.st.answers.Load()) - e.base1) / ledgerUnit
+			t.Predicted += p.c1 * e.cap / s.capElig * (float64(s.st.answers.Load()) - e.base1) / ledgerUnit
 		}
 		out = append(out, t)
 	}

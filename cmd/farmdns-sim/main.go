@@ -9,6 +9,7 @@
 //	farmdns-sim                      # every scenario, every policy
 //	farmdns-sim -scenario baseline -policy least-loaded
 //	farmdns-sim -sweep               # TTL and records per answer, default policy
+//	farmdns-sim -policy least-loaded -slow-start 0   # with a setting changed
 package main
 
 import (
@@ -24,39 +25,73 @@ import (
 	"github.com/farmdns/farmdns/policy"
 )
 
+// options are the command line's.
+type options struct {
+	scenario, policy string
+	sweep            bool
+	seed             uint64
+	// Overrides of the scenarios' policy configuration; negative: none.
+	ttl, slowStart time.Duration
+	answers        int
+	spread         float64
+	quiet          bool // no timings on stderr
+}
+
 func main() {
-	scenario := flag.String("scenario", "all", "scenario name, or all")
-	pol := flag.String("policy", "all", "policy name (least-loaded, weighted, round-robin, naive-least-loaded), or all")
-	sweep := flag.Bool("sweep", false, "sweep TTL and records per answer for the default policy instead")
-	seed := flag.Uint64("seed", 1, "random seed")
+	var o options
+	flag.StringVar(&o.scenario, "scenario", "all", "scenario name, or all")
+	flag.StringVar(&o.policy, "policy", "all", "policy (least-loaded, weighted, round-robin, naive-least-loaded), or all")
+	flag.BoolVar(&o.sweep, "sweep", false, "sweep TTL and records per answer in the baseline, default policy")
+	flag.Uint64Var(&o.seed, "seed", 1, "random seed")
+	flag.DurationVar(&o.ttl, "ttl", -1, "override the TTL")
+	flag.IntVar(&o.answers, "answers", -1, "override the records per answer")
+	flag.DurationVar(&o.slowStart, "slow-start", -1, "override the slow start window (0: off)")
+	flag.Float64Var(&o.spread, "spread", -1, "override the spread")
 	flag.Parse()
-	if err := run(os.Stdout, *scenario, *pol, *sweep, *seed); err != nil {
+	if err := run(os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "farmdns-sim:", err)
 		os.Exit(2)
 	}
 }
 
-func run(w io.Writer, scenario, pol string, sweep bool, seed uint64) error {
-	if sweep {
-		return runSweep(w, seed)
+// tweak applies the overrides to a scenario's configuration.
+func (o options) tweak(c *policy.Config) error {
+	if o.ttl >= 0 {
+		c.TTL = o.ttl
+	}
+	if o.answers >= 0 {
+		c.Answers = o.answers
+	}
+	if o.slowStart >= 0 {
+		c.SlowStart = o.slowStart
+	}
+	if o.spread >= 0 {
+		c.Spread = o.spread
+	}
+	return c.Validate()
+}
+
+func run(w io.Writer, o options) error {
+	if o.sweep {
+		return runSweep(w, o)
 	}
 	var kinds []policy.Kind
 	for _, k := range []policy.Kind{policy.LeastLoaded, policy.Weighted, policy.RoundRobin, policy.NaiveLeastLoaded} {
-		if pol == "all" || pol == k.String() {
+		if o.policy == "all" || o.policy == k.String() {
 			kinds = append(kinds, k)
 		}
 	}
 	if len(kinds) == 0 {
-		return fmt.Errorf("unknown policy %q", pol)
+		return fmt.Errorf("unknown policy %q", o.policy)
 	}
 	var scs []Scenario
-	for _, sc := range Scenarios(seed) {
-		if scenario == "all" || scenario == sc.Name {
+	for _, sc := range Scenarios(o.seed) {
+		if o.scenario == "all" || o.scenario == sc.Name {
 			scs = append(scs, sc)
 		}
 	}
 	if len(scs) == 0 {
-		return fmt.Errorf("unknown scenario %q", scenario)
+		return fmt.Errorf("unknown scenario %q", o.scenario)
 	}
 	fmt.Fprintln(w, "| scenario | policy | max/mean p50 | p99 | max | peak after failure | cold target: s to within 10% | cold overshoot |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
@@ -64,10 +99,15 @@ func run(w io.Writer, scenario, pol string, sweep bool, seed uint64) error {
 		for _, k := range kinds {
 			sc := sc
 			sc.Config.Policy = k
+			if err := o.tweak(&sc.Config); err != nil {
+				return err
+			}
 			start := time.Now()
 			r := Run(sc)
 			fmt.Fprintf(w, "| %s | %s | %s |\n", sc.Name, k, r.row())
-			fmt.Fprintf(os.Stderr, "%s/%s: %d queries, %.1f clients per answer, %.1fs\n", sc.Name, k, r.Queries, r.ClientsPerAns, time.Since(start).Seconds())
+			if !o.quiet {
+				fmt.Fprintf(os.Stderr, "%s/%s: %d queries, %.2f clients per expected client, %.1fs\n", sc.Name, k, r.Queries, r.ClientsPerAns, time.Since(start).Seconds())
+			}
 		}
 	}
 	return nil
@@ -76,7 +116,7 @@ func run(w io.Writer, scenario, pol string, sweep bool, seed uint64) error {
 func (r Result) row() string {
 	fill := func(v float64) string {
 		if v < 0 {
-			return "never"
+			return fmt.Sprintf(">%.0f", r.ColdWindow)
 		}
 		return fmt.Sprintf("%.0f", v)
 	}
@@ -117,18 +157,19 @@ func medWorst(v []float64) (float64, float64) {
 	return v[len(v)/2], v[len(v)-1]
 }
 
-func runSweep(w io.Writer, seed uint64) error {
+func runSweep(w io.Writer, o options) error {
 	fmt.Fprintln(w, "| TTL | records | max/mean p50 | p99 | max | peak after failure | cold target: s to within 10% | cold overshoot | queries/s |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, ttl := range []int{1, 5, 30} {
 		for _, k := range []int{1, 2, 3} {
-			sc := Baseline(seed)
+			sc := Baseline(o.seed)
+			if err := o.tweak(&sc.Config); err != nil {
+				return err
+			}
 			sc.Config.TTL = time.Duration(ttl) * time.Second
 			sc.Config.Answers = k
-			start := time.Now()
 			r := Run(sc)
 			fmt.Fprintf(w, "| %d s | %d | %s | %.1f |\n", ttl, k, r.row(), float64(r.Queries)/(sc.Warmup+sc.Steady+float64(sc.Cycles)*sc.CycleLen))
-			fmt.Fprintf(os.Stderr, "ttl %d answers %d: %.1fs\n", ttl, k, time.Since(start).Seconds())
 		}
 	}
 	return nil

@@ -5,7 +5,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"slices"
 	"sort"
 	"time"
@@ -31,12 +30,16 @@ type Scenario struct {
 	// exponent ZipfS over ranks 1..Resolvers. A resolver of rank r clamps
 	// TTLs up to ClampTTL if r%ClampEvery == 0, and reorders records in every
 	// answer it gives if r%ReorderEvery == ReorderFrom%ReorderEvery.
-	Resolvers                   int
-	ZipfS                       float64
-	ClampTTL                    float64
-	ClampEvery                  int
-	ReorderEvery, ReorderFrom   int
-	TopClamps                   bool // the most popular resolver clamps too
+	Resolvers                 int
+	ZipfS                     float64
+	ClampTTL                  float64
+	ClampEvery                int
+	ReorderEvery, ReorderFrom int
+	TopClamps                 bool // the most popular resolver clamps too
+	// NewKeys makes every question come from a new asker (resolvers that
+	// use a different source address each time), so farmdns cannot tell a
+	// busy resolver from an idle one.
+	NewKeys                     bool
 	FirstRecord                 float64
 	ReportEvery                 float64
 	ReportDelayMin, ReportDelay float64 // uniform delay of a report to farmdns
@@ -64,8 +67,10 @@ type Result struct {
 	// utilisation (-1: not before the cycle ended); its highest utilisation
 	// over the mean, minus 1.
 	FailPeak, ColdFill, ColdOver []float64
-	Queries                      int
-	ClientsPerAns                float64
+	// ColdWindow is how long a cold target was watched in each cycle.
+	ColdWindow    float64
+	Queries       int
+	ClientsPerAns float64
 }
 
 const (
@@ -177,8 +182,6 @@ type sim struct {
 	queries   int
 }
 
-var debug = os.Getenv("SIMDEBUG") != ""
-
 // Run simulates one scenario and returns its measurements.
 func Run(sc Scenario) Result {
 	s := &sim{sc: sc, rng: rand.New(rand.NewPCG(sc.Seed, sc.Seed^0x5eed)), cold: -1}
@@ -195,6 +198,7 @@ func Run(sc Scenario) Result {
 	}
 	r := s.res
 	r.Queries = s.queries
+	r.ColdWindow = sc.CycleLen - sc.RejoinAfter
 	if len(s.samples) > 0 {
 		slices.Sort(s.samples)
 		r.P50 = quantile(s.samples, 0.5)
@@ -427,7 +431,11 @@ func (s *sim) resolve(ri int) {
 	r := &s.resolvers[ri]
 	in := &s.inst[r.next]
 	r.next = (r.next + 1) % len(s.inst)
-	picked, ttl, _ := in.pool.Choose(in.dst, policy.IPv4, uint64(ri)*0x9e3779b97f4a7c15+1, s.nanos(s.now))
+	key := uint64(ri)*0x9e3779b97f4a7c15 + 1
+	if s.sc.NewKeys {
+		key = s.rng.Uint64()
+	}
+	picked, ttl, _ := in.pool.Choose(in.dst, policy.IPv4, key, s.nanos(s.now))
 	in.dst = picked
 	s.queries++
 	r.n = len(picked)
@@ -463,14 +471,6 @@ func (s *sim) sample() {
 	case s.cold < 0 && len(s.res.FailPeak) > 0:
 		i := len(s.res.FailPeak) - 1
 		s.res.FailPeak[i] = max(s.res.FailPeak[i], ratio)
-		if debug {
-			c1, c2 := s.inst[0].pool.ClientsPerAnswer()
-			fmt.Fprintf(os.Stderr, "t=%.0f ratio=%.3f mean=%.0f c=%.1f/%.1f loads=", s.now, ratio, mean*float64(s.targets[1].capacity), c1, c2)
-			for i := range s.targets {
-				fmt.Fprintf(os.Stderr, " %d", s.targets[i].conns)
-			}
-			fmt.Fprintln(os.Stderr)
-		}
 	}
 	if s.cold >= 0 {
 		t := &s.targets[s.cold]
