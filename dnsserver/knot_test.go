@@ -344,14 +344,6 @@ func rawExchange(t *testing.T, addr string, b []byte) []byte {
 	return buf[:n]
 }
 
-func packed(t *testing.T, m *dns.Msg) []byte {
-	b, err := m.Pack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestDifferentialKnotMalformed sends broken packets, which a client library
 // would refuse to build, to both servers.
 func TestDifferentialKnotMalformed(t *testing.T) {
@@ -369,15 +361,15 @@ func TestDifferentialKnotMalformed(t *testing.T) {
 	withAnswer.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IPv4(192, 0, 2, 1)}}
 	response := query("example.org.", dns.TypeA)
 	response.Response = true
-	good := packed(t, query("example.org.", dns.TypeA, noEDNS))
+	good := mustPack(t, query("example.org.", dns.TypeA, noEDNS))
 
 	cases := map[string][]byte{
-		"two OPT":          packed(t, twoOPT),
-		"OPT not at root":  packed(t, optNotRoot),
-		"no question":      packed(t, noQuestion),
-		"two questions":    packed(t, twoQuestions),
-		"answer in query":  packed(t, withAnswer),
-		"QR set":           packed(t, response),
+		"two OPT":          mustPack(t, twoOPT),
+		"OPT not at root":  mustPack(t, optNotRoot),
+		"no question":      mustPack(t, noQuestion),
+		"two questions":    mustPack(t, twoQuestions),
+		"answer in query":  mustPack(t, withAnswer),
+		"QR set":           mustPack(t, response),
 		"empty":            {},
 		"short header":     good[:7],
 		"header only":      good[:12],

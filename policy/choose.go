@@ -71,11 +71,8 @@ func (p *Pool) Choose(dst []int, fam Family, key uint64, now int64) (picked []in
 	}
 	list := p.elig[fam]
 	if len(list) == 0 {
-		switch {
-		case p.hasElig || p.cfg.OnEmpty == EmptyNoData:
-			return dst, ttl, OutcomeNoData
-		case p.cfg.OnEmpty == EmptyServFail:
-			return dst, 0, OutcomeServFail
+		if out, ok := p.emptyOutcome(); ok {
+			return dst, ttlFor(out, ttl), out
 		}
 		list = p.fallback[fam]
 		if len(list) == 0 {
@@ -135,6 +132,27 @@ func (p *Pool) fromIDs(dst []int, ids []uint32, fam Family, k int) []int {
 		}
 	}
 	return dst
+}
+
+// emptyOutcome is the outcome when nothing is eligible in the family asked
+// for; ok is false when the pool fails open. If something is eligible in
+// another family, the name exists: NODATA.
+func (p *Pool) emptyOutcome() (Outcome, bool) {
+	switch {
+	case p.hasElig || p.cfg.OnEmpty == EmptyNoData:
+		return OutcomeNoData, true
+	case p.cfg.OnEmpty == EmptyServFail:
+		return OutcomeServFail, true
+	}
+	return OutcomeFailOpen, false
+}
+
+// ttlFor is the TTL an outcome is answered with: none for SERVFAIL.
+func ttlFor(out Outcome, ttl uint32) uint32 {
+	if out == OutcomeServFail {
+		return 0
+	}
+	return ttl
 }
 
 func contains(s []int, v int) bool {
@@ -327,11 +345,8 @@ func (s *sampler) next() (int, bool) {
 func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng, ttl uint32) ([]int, uint32, Outcome) {
 	list, out := p.shardElig[fam], OutcomeAnswer
 	if len(list) == 0 {
-		switch {
-		case p.hasElig || p.cfg.OnEmpty == EmptyNoData:
-			return dst, ttl, OutcomeNoData
-		case p.cfg.OnEmpty == EmptyServFail:
-			return dst, 0, OutcomeServFail
+		if empty, ok := p.emptyOutcome(); ok {
+			return dst, ttlFor(empty, ttl), empty
 		}
 		list, out = p.shardFB[fam], OutcomeFailOpen
 		if len(list) == 0 {
