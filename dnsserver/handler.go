@@ -73,8 +73,7 @@ type Handler struct {
 func NewHandler(st *State, log *slog.Logger) *Handler {
 	h := &Handler{log: log, metrics: newMetrics()}
 	h.metrics.addZones(st)
-	h.pools.fill(st, nil, time.Now())
-	h.state.Store(st)
+	h.pools.swap(&h.state, st, time.Now())
 	return h
 }
 
@@ -84,8 +83,7 @@ func (h *Handler) Swap(st *State) {
 	h.metrics.addZones(st)
 	// The new state's pools start from the latest snapshot and keep the
 	// answer ledgers of the pools they replace.
-	h.pools.fill(st, h.state.Load(), time.Now())
-	h.state.Store(st)
+	h.pools.swap(&h.state, st, time.Now())
 }
 
 // Panics returns how many queries made the handler panic.

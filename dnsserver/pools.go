@@ -48,19 +48,21 @@ func newSlots(specs []PoolSpec) []*poolSlot {
 
 // pools feeds the State's slots from health snapshots. Building a
 // policy.Pool is serialised (each carries its ledger over from the one
-// before); reading one never waits.
+// before), and so is swapping the State, so that no snapshot is applied to
+// a State on its way out only; reading a pool never waits.
 type pools struct {
 	mu     sync.Mutex
-	latest map[string][]health.Target // by Consul service, from the latest snapshot
+	latest map[string][]health.Target // by Consul service, from the latest snapshots
 }
 
-// fill builds the pools of st's slots from the latest snapshot, carrying each
-// one's ledger over from prev's slot of the same name (nil: none).
-func (p *pools) fill(st, prev *State, now time.Time) {
+// swap makes st the handler's state, its pools built from the latest
+// targets, each carrying its ledger over from the old state's pool of the
+// same name.
+func (p *pools) swap(state *atomic.Pointer[State], st *State, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	old := map[string]*poolSlot{}
-	if prev != nil {
+	if prev := state.Load(); prev != nil {
 		for _, s := range prev.pools {
 			old[s.spec.Name] = s
 		}
@@ -74,14 +76,23 @@ func (p *pools) fill(st, prev *State, now time.Time) {
 		}
 		p.rebuild(s, now)
 	}
+	state.Store(st)
 }
 
-// update takes in the targets of every service and rebuilds every pool of st.
-func (p *pools) update(st *State, latest map[string][]health.Target, now time.Time) {
+// update takes in the targets of the given services and rebuilds every pool
+// of the current state.
+func (p *pools) update(state *atomic.Pointer[State], targets map[string][]health.Target, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	latest := make(map[string][]health.Target, len(p.latest)+len(targets))
+	for k, v := range p.latest {
+		latest[k] = v
+	}
+	for k, v := range targets {
+		latest[k] = v
+	}
 	p.latest = latest
-	for _, s := range st.pools {
+	for _, s := range state.Load().pools {
 		p.rebuild(s, now)
 	}
 }
@@ -105,18 +116,13 @@ func (p *pools) rebuild(s *poolSlot, now time.Time) {
 // not answering) keeps the targets it had: pools never empty because Consul
 // went away.
 func (h *Handler) UpdatePools(snap *health.Snapshot) {
-	h.pools.mu.Lock()
-	latest := make(map[string][]health.Target, len(h.pools.latest))
-	for k, v := range h.pools.latest {
-		latest[k] = v
-	}
-	h.pools.mu.Unlock()
+	synced := map[string][]health.Target{}
 	for _, hp := range snap.Pools() {
 		if hp.Synced() {
-			latest[hp.Name()] = hp.Targets()
+			synced[hp.Name()] = hp.Targets()
 		}
 	}
-	h.pools.update(h.state.Load(), latest, time.Now())
+	h.pools.update(&h.state, synced, time.Now())
 }
 
 // choice is one pool's answer to one query.

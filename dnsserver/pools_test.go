@@ -57,7 +57,7 @@ func farmHandler(t *testing.T, onEmpty policy.OnEmpty, services map[string][]hea
 		PoolSpec{Name: "farm.example.", Zone: "farm.example.", Service: "ws", Policy: nodes},
 		PoolSpec{Name: "lb.farm.example.", Zone: "farm.example.", Service: "ws", LBService: "ws-lb", Policy: shards})
 	h := NewHandler(st, testLogger(t))
-	h.pools.update(h.State(), services, time.Now())
+	h.pools.update(&h.state, services, time.Now())
 	return h
 }
 
