@@ -30,6 +30,7 @@ run:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	.ci/dnsperf.sh 10 2
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzServe -fuzztime 60s ./dnsserver

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/policy"
 )
 
 // recorder keeps what the handler writes.
@@ -209,8 +211,18 @@ func FuzzServe(f *testing.F) {
 		b, _ := q.Pack()
 		f.Add(b, false)
 	}
-	h := NewHandler(testState(f), testLogger(f))
+	for _, q := range []*dns.Msg{query("farm.example.", dns.TypeA), query("_ws._tcp.farm.example.", dns.TypeSRV),
+		query("n1.nodes.farm.example.", dns.TypeAAAA), query("_status.farm.example.", dns.TypeTXT)} {
+		b, _ := q.Pack()
+		f.Add(b, true)
+	}
+	// The example zone, and a farm with pools fed by targets.
+	static, farm := NewHandler(testState(f), testLogger(f)), farmHandler(f, policy.EmptyFailOpen, farmServices())
 	f.Fuzz(func(t *testing.T, wire []byte, tcp bool) {
+		h := static
+		if len(wire) > 0 && wire[len(wire)-1]&1 == 1 {
+			h = farm
+		}
 		var rec recorder
 		h.serve(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: netip.MustParseAddr("127.0.0.1")})
 		if h.Panics() != 0 {

@@ -35,7 +35,7 @@ func target(node, addr string, conns int64, meta map[string]string) health.Targe
 
 // farmHandler serves farm.example. with a nodes pool at the apex and a shards
 // pool at lb, fed with targets.
-func farmHandler(t *testing.T, onEmpty policy.OnEmpty, services map[string][]health.Target) *Handler {
+func farmHandler(t testing.TB, onEmpty policy.OnEmpty, services map[string][]health.Target) *Handler {
 	t.Helper()
 	ab := []uint16{dns.TypeA, dns.TypeAAAA}
 	z, err := zones.Parse("farm.example.", "farm.zone", strings.NewReader(farmZone),
@@ -254,7 +254,7 @@ func BenchmarkServePool(b *testing.B) {
 	for i := range 1000 {
 		services["ws"] = append(services["ws"], target(fmt.Sprintf("m%d", i), fmt.Sprintf("10.0.%d.%d", i/256, i%256), int64(i), nil))
 	}
-	h := farmHandler(&testing.T{}, policy.EmptyFailOpen, services)
+	h := farmHandler(b, policy.EmptyFailOpen, services)
 	wire, _ := query("farm.example.", dns.TypeA).Pack()
 	buf := make([]byte, 65535)
 	// Askers from many /24s: each query is a fresh choice, not a sticky one.
