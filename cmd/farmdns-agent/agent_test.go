@@ -205,6 +205,20 @@ func (h *harness) start() {
 }
 
 // identity is what the agent resolves at run time.
+// waitDone waits for Run to return nil, and leaves that nil for the cleanup.
+func (h *harness) waitDone(what string) {
+	h.t.Helper()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Fatalf("%s: Run: %v", what, err)
+		}
+		h.done <- nil
+	case <-time.After(waitBound):
+		h.t.Fatal(what)
+	}
+}
+
 func (h *harness) identity() (node, id string) {
 	node = h.consul.NodeName
 	return node, "ws-" + node
@@ -464,15 +478,7 @@ func TestAgentDrain(t *testing.T) {
 	default:
 	}
 	h.app.closeN(1)
-	select {
-	case err := <-h.done:
-		if err != nil {
-			t.Fatalf("Run after drain: %v", err)
-		}
-		h.done <- nil // for the cleanup
-	case <-time.After(waitBound):
-		t.Fatal("agent did not finish draining")
-	}
+	h.waitDone("agent did not finish draining")
 	if h.registered() {
 		t.Error("still registered after the drain")
 	}
@@ -578,15 +584,7 @@ func TestHTTPEndpoints(t *testing.T) {
 	// Not registered by us and unknown to the agent: no maintenance to set;
 	// the drain waits for the last connection.
 	h.app.closeN(1)
-	select {
-	case err := <-h.done:
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.done <- nil
-	case <-time.After(waitBound):
-		t.Fatal("drain via POST /drain did not finish")
-	}
+	h.waitDone("drain via POST /drain did not finish")
 	if _, ok := h.report(); ok {
 		t.Error("load report left after the drain")
 	}
@@ -606,15 +604,7 @@ func TestAgentDrainWhileConsulDown(t *testing.T) {
 	waitFor(t, "a count", func() (bool, string) { return h.agent.latest.Load() != nil, "" })
 	asked := time.Now()
 	h.agent.RequestDrain(false)
-	select {
-	case err := <-h.done:
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.done <- nil
-	case <-time.After(waitBound):
-		t.Fatal("drain with Consul down did not end")
-	}
+	h.waitDone("drain with Consul down did not end")
 	if took := time.Since(asked); took < h.cfg.grace {
 		t.Errorf("drain ended after %v, before the grace period %v", took, h.cfg.grace)
 	}
