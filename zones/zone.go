@@ -20,13 +20,13 @@ import (
 // Zone is one parsed zone. It is immutable once built: a reload parses a whole
 // new Zone and swaps it in, so readers never lock.
 type Zone struct {
-	// Origin is the zone apex, lower case and fully qualified.
+	// Origin is the zone apex, as CanonicalName spells it.
 	Origin string
 	// File is where the zone was read from, for messages.
 	File string
 
 	soa   *dns.SOA
-	nodes map[string]*node // by lower-case owner name
+	nodes map[string]*node // by owner name, as CanonicalName spells it
 	// records counts the resource records, for summaries.
 	records int
 }
@@ -210,8 +210,8 @@ func (l *lineReader) Read(p []byte) (int, error) {
 // bindings. name is used in messages. $INCLUDE is refused: a zone is one
 // file, so a reload reads exactly what the operator named and nothing else.
 func Parse(origin, name string, r io.Reader, bindings ...Binding) (*Zone, error) {
-	origin = dns.CanonicalName(origin)
-	if _, ok := dns.IsDomainName(origin); !ok {
+	origin, ok := CanonicalName(origin)
+	if !ok {
 		return nil, fmt.Errorf("zone %q: not a domain name", origin)
 	}
 	br, ok := r.(io.ByteReader)

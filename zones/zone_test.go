@@ -167,3 +167,39 @@ func TestBindingErrors(t *testing.T) {
 		t.Errorf("two pools on one name: %v", err)
 	}
 }
+
+// TestSpellingsMeet writes an origin, a pool name and a question each its
+// own way: all of them must reach the same names.
+func TestSpellingsMeet(t *testing.T) {
+	z, err := Parse(`F\065RM.example`, "test.zone", strings.NewReader(minimal+"web A 192.0.2.9\n"),
+		Binding{Name: `\112ool`, Types: []uint16{dns.TypeA}, Pool: 1},
+		Binding{Name: `t\.gts.farm.EXAMPLE.`, Children: true, Pool: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z.Origin != "farm.example." {
+		t.Errorf("origin %q", z.Origin)
+	}
+	s, err := NewSet(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"farm.example.", "WEB.FARM.EXAMPLE.", `\102arm.example.`, `pool.f\097rm.example.`} {
+		if s.Find(name) != z {
+			t.Errorf("Find(%s) = nil", name)
+		}
+	}
+	if s.Find("farm\\.example.") != nil {
+		t.Error(`farm\.example. is one label, not the zone`)
+	}
+	if res := z.Lookup("POOL.farm.example.", dns.TypeA); res.Outcome != Dynamic || res.Pool != 1 {
+		t.Errorf("pool: %v %d", res.Outcome, res.Pool)
+	}
+	if res := z.Lookup(`Web-1.T\046GTS.farm.example.`, dns.TypeA); res.Outcome != Dynamic || res.Pool != 2 || res.Label != "web-1" {
+		t.Errorf("pool child: %v %d %q", res.Outcome, res.Pool, res.Label)
+	}
+	if _, err := Parse("farm.example.", "test.zone", strings.NewReader(minimal+"p A 192.0.2.9\n"),
+		Binding{Name: `\080`, Types: []uint16{dns.TypeA}, Pool: 1}); err == nil {
+		t.Error(`pool \080 (P) was bound over the static A of p`)
+	}
+}
