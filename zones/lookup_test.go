@@ -245,6 +245,7 @@ func TestLookupEscapedNames(t *testing.T) {
 		{qname: `x.esc\.dot` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{`x.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
 		{qname: `Y.z.ESC\046DOT` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{`y.z.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
 		{qname: `x.esc\.dot` + o, qtype: dns.TypeTXT, outcome: NoData, wildcard: true},
+		{qname: `x.W\.ILD` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{`x.w\.ild` + o + " 3600 IN A 192.0.2.11"}},
 		{qname: `*.esc\.dot` + o, qtype: dns.TypeA, outcome: Success, answer: []string{`*.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
 
 		{qname: `sp\032ace` + o, qtype: dns.TypeA, outcome: Success, answer: []string{`sp\ ace` + o + " 3600 IN A 192.0.2.4"}},
