@@ -263,8 +263,8 @@ func parseMessage(err error) (int, string) {
 }
 
 // Walk calls fn for every owner name of the zone (empty non-terminals
-// included) with the types it holds, in no particular order. types is only
-// valid during the call.
+// included), spelled as CanonicalName spells it, with the types it holds, in
+// no particular order. types is only valid during the call.
 func (z *Zone) Walk(fn func(name string, types []uint16)) {
 	var types []uint16
 	for name, n := range z.nodes {
