@@ -108,15 +108,15 @@ func (z *Zone) Names() int { return len(z.nodes) }
 // All returns every record of the zone, SOA first, in a stable order: what a
 // zone transfer sends between the two SOA records.
 func (z *Zone) All() []dns.RR {
-	names := make([]string, 0, len(z.nodes))
+	names := make([]ordered, 0, len(z.nodes))
 	for name := range z.nodes {
-		names = append(names, name)
+		names = append(names, ordered{name, wireLabels(name)})
 	}
 	slices.SortFunc(names, compareCanonical)
 	all := make([]dns.RR, 0, z.records)
 	all = append(all, z.soa)
 	for _, name := range names {
-		for _, set := range z.nodes[name].rrsets {
+		for _, set := range z.nodes[name.name].rrsets {
 			if set.typ != dns.TypeSOA {
 				all = append(all, set.rrs...)
 			}
@@ -125,10 +125,28 @@ func (z *Zone) All() []dns.RR {
 	return all
 }
 
+// ordered is a name with its labels as octets, for sorting.
+type ordered struct {
+	name   string
+	labels []string // left to right, escapes undone
+}
+
+// wireLabels splits name, as CanonicalName spells it, into its labels.
+func wireLabels(name string) []string {
+	var wire [256]byte
+	n, _ := dns.PackDomainName(name, wire[:], 0, nil, false)
+	var labels []string
+	for off := 0; off < n && wire[off] != 0; off += 1 + int(wire[off]) {
+		labels = append(labels, string(wire[off+1:off+1+int(wire[off])]))
+	}
+	return labels
+}
+
 // compareCanonical orders names as RFC 4034 section 6.1 does: label by label
-// from the right.
-func compareCanonical(a, b string) int {
-	la, lb := dns.SplitDomainName(a), dns.SplitDomainName(b)
+// from the right, each label as a string of octets (so `\001` sorts before
+// `*`, though a backslash does not).
+func compareCanonical(a, b ordered) int {
+	la, lb := a.labels, b.labels
 	for i, j := len(la)-1, len(lb)-1; i >= 0 && j >= 0; i, j = i-1, j-1 {
 		if c := strings.Compare(la[i], lb[j]); c != 0 {
 			return c

@@ -1,6 +1,7 @@
 package zones
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -201,5 +202,32 @@ func TestSpellingsMeet(t *testing.T) {
 	if _, err := Parse("farm.example.", "test.zone", strings.NewReader(minimal+"p A 192.0.2.9\n"),
 		Binding{Name: `\080`, Types: []uint16{dns.TypeA}, Pool: 1}); err == nil {
 		t.Error(`pool \080 (P) was bound over the static A of p`)
+	}
+}
+
+// TestAllCanonicalOrder transfers the names of RFC 4034 section 6.1's
+// example in the order it gives: octets, not their escapes, are compared.
+func TestAllCanonicalOrder(t *testing.T) {
+	z := mustParse(t, "example.", `@ SOA ns.other. hostmaster 1 7200 3600 1209600 300
+@ NS ns.other.
+\200.z A 192.0.2.1
+*.z A 192.0.2.1
+\001.z A 192.0.2.1
+z A 192.0.2.1
+zABC.a.EXAMPLE. A 192.0.2.1
+Z.a A 192.0.2.1
+yljkjljk.a A 192.0.2.1
+a A 192.0.2.1
+`)
+	var got []string
+	for _, rr := range z.All() {
+		if name, _ := CanonicalName(rr.Header().Name); len(got) == 0 || got[len(got)-1] != name {
+			got = append(got, name)
+		}
+	}
+	want := []string{"example.", "a.example.", "yljkjljk.a.example.", "z.a.example.", "zabc.a.example.",
+		"z.example.", `\001.z.example.`, "*.z.example.", `\200.z.example.`}
+	if !slices.Equal(got, want) {
+		t.Errorf("order:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
