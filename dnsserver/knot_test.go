@@ -350,6 +350,10 @@ func escapedCorpus(t *testing.T) []probe {
 	var ps []probe
 	names := []string{`hi\232bit.escaped.example.`, "hi\xc8bit.escaped.example.", "space.escaped.example.",
 		`esc\046dot.escaped.example.`, `x.esc\046DOT.escaped.example.`, `x.d\046name.escaped.example.`}
+	// A DNAME substitution of 60 octets written in 240 characters. (A name
+	// it makes too long is not asked: Knot's YXDOMAIN answer then carries
+	// the DNAME target's own records too, for any spelling.)
+	names = append(names, strings.Repeat(`\200`, 60)+`.d\.name.escaped.example.`)
 	for _, n := range zoneNames(t, escapedTestZone) {
 		names = append(names, n, "x."+n, "*."+n, "Y.z."+n, strings.ToUpper(n), octetEscapes(t, n))
 	}

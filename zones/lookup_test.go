@@ -218,6 +218,7 @@ func TestLookupEscapedNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	const o = ".escaped.example."
+	high60 := strings.Repeat(`\200`, 60)
 	tests := []struct {
 		qname    string
 		qtype    uint16
@@ -275,6 +276,15 @@ func TestLookupEscapedNames(t *testing.T) {
 			`d\.name` + o + ` 3600 IN DNAME esc\.dot` + o,
 			`x.d\.name` + o + ` 3600 IN CNAME x.esc\.dot` + o,
 			`x.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
+		// 60 octets written in 240 characters: the substituted name is
+		// longer than 255 characters but not than 255 octets.
+		{qname: high60 + `.d\.name` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{
+			`d\.name` + o + ` 3600 IN DNAME esc\.dot` + o,
+			high60 + `.d\.name` + o + " 3600 IN CNAME " + high60 + `.esc\.dot` + o,
+			high60 + `.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
+		// 255 octets, and esc.dot is one longer than d.name: YXDOMAIN.
+		{qname: high60 + "." + high60 + "." + high60 + "." + strings.Repeat("a", 47) + `.d\.name` + o, qtype: dns.TypeA,
+			outcome: NameTooLong, answer: []string{`d\.name` + o + ` 3600 IN DNAME esc\.dot` + o}},
 		{qname: "escaped.example.", qtype: dns.TypeMX, outcome: Success,
 			answer: []string{"escaped.example. 3600 IN MX 10 mail" + o},
 			extra:  []string{"mail" + o + " 3600 IN A 192.0.2.25"}},
