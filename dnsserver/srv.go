@@ -74,7 +74,7 @@ func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, client ne
 		r.Rcode = dns.RcodeServerFailure
 		return 0
 	}
-	owner := r.Question[0].Name
+	owner := chainEnd(r.Question[0].Name, res)
 	now := time.Now().UnixNano()
 	labels := targetLabels(c.pool.Records())
 	_, targets := SRVNames(s.spec.Service, s.spec.Name)
@@ -107,7 +107,7 @@ func answerSRVTarget(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qty
 			}
 			if qtype == want || qtype == dns.TypeANY {
 				c := choice{pool: p, ttl: uint32(p.Config().TTL / time.Second)}
-				r.Answer = append(r.Answer, c.addressRR(r.Question[0].Name, i))
+				r.Answer = append(r.Answer, c.addressRR(chainEnd(r.Question[0].Name, res), i))
 			} else {
 				r.Ns = []dns.RR{z.NegativeSOA()}
 			}
@@ -116,6 +116,16 @@ func answerSRVTarget(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qty
 	}
 	r.Rcode = dns.RcodeNameError
 	r.Ns = []dns.RR{z.NegativeSOA()}
+}
+
+// chainEnd returns the name that owns a lookup's records: the question's, or
+// where a CNAME chain in the zone led, since a name with a CNAME holds no
+// other data (RFC 1034 section 3.6.2).
+func chainEnd(qname string, res zones.Result) string {
+	if n := len(res.Answer); n > 0 {
+		return res.Answer[n-1].(*dns.CNAME).Target
+	}
+	return qname
 }
 
 // SRVNames returns, for a pool's name and its service, the name of its SRV

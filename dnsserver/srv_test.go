@@ -41,6 +41,36 @@ func srvHandler(t testing.TB, answers int, targets []health.Target) *Handler {
 	return h
 }
 
+// A CNAME into the pool's SRV name or a target name answers the records of
+// the chain's end, owned by it, as a CNAME into the pool's name does: a name
+// with a CNAME holds no other data (RFC 1034 section 3.6.2).
+func TestSRVBehindCNAME(t *testing.T) {
+	h := srvHandler(t, 2, farmServices()["ws"])
+	for _, tt := range []struct {
+		name, end string
+		qtype     uint16
+	}{
+		{"svc.farm.example.", "_ws._tcp.farm.example.", dns.TypeSRV},
+		{"SVC.farm.example.", "_ws._tcp.farm.example.", dns.TypeSRV},
+		{"web1.farm.example.", "n1.nodes.farm.example.", dns.TypeA},
+		{"www.farm.example.", "farm.example.", dns.TypeA},
+	} {
+		r := serveMsg(t, h, query(tt.name, tt.qtype), false)
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) < 2 {
+			t.Errorf("%s %s: %v", tt.name, dns.Type(tt.qtype), r)
+			continue
+		}
+		if c, ok := r.Answer[0].(*dns.CNAME); !ok || !strings.EqualFold(c.Hdr.Name, tt.name) || c.Target != tt.end {
+			t.Errorf("%s: answer starts with %v, want the CNAME to %s", tt.name, r.Answer[0], tt.end)
+		}
+		for _, rr := range r.Answer[1:] {
+			if rr.Header().Rrtype != tt.qtype || rr.Header().Name != tt.end {
+				t.Errorf("%s: record %v, want %s owned by the chain's end %s", tt.name, rr, dns.Type(tt.qtype), tt.end)
+			}
+		}
+	}
+}
+
 // longTargets returns n targets whose names make their SRV records long.
 func longTargets(n int) []health.Target {
 	var ts []health.Target
@@ -77,4 +107,3 @@ func TestSRVTruncatedKeepsItsAddresses(t *testing.T) {
 		}
 	}
 }
-
