@@ -2,6 +2,8 @@ package dnsserver
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -105,5 +107,188 @@ func TestSRVTruncatedKeepsItsAddresses(t *testing.T) {
 		if !addressed[name] {
 			t.Errorf("SRV target %s kept without its address", name)
 		}
+	}
+}
+
+// Node names that make the same label when cut or cleaned up get distinct
+// labels, so that each SRV target name resolves to the node the policy chose.
+func TestSRVTargetNamesDistinct(t *testing.T) {
+	long := strings.Repeat("x", 70)
+	nodes := []string{"web_1", "web.1", "WEB_1", "web-1", long + "a", long + "b"}
+	var ts []health.Target
+	for i, n := range nodes {
+		ts = append(ts, target(n, fmt.Sprintf("192.0.2.%d", i+1), 100, nil))
+	}
+	h := srvHandler(t, policy.MaxAnswers, ts)
+	r := serveMsg(t, h, query("_ws._tcp.farm.example.", dns.TypeSRV), false)
+	if len(r.Answer) != len(nodes) {
+		t.Fatalf("want every target named: %v", r)
+	}
+	addrOf := map[string]string{}
+	for _, rr := range r.Extra {
+		if a, ok := rr.(*dns.A); ok {
+			addrOf[a.Hdr.Name] = a.A.String()
+		}
+	}
+	seen := map[string]bool{}
+	for _, rr := range r.Answer {
+		target := rr.(*dns.SRV).Target
+		label := strings.TrimSuffix(target, ".nodes.farm.example.")
+		if seen[target] {
+			t.Errorf("two SRV records name %s", target)
+		}
+		seen[target] = true
+		if len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") || strings.Trim(label, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+			t.Errorf("target label %q is not a host name label", label)
+		}
+		got := addrs(serveMsg(t, h, query(target, dns.TypeA), false))
+		if len(got) != 1 || got[0] != addrOf[target] {
+			t.Errorf("%s resolves to %v; the SRV answer chose %s", target, got, addrOf[target])
+		}
+	}
+}
+
+// BenchmarkSRV50k answers SRV and target name queries from a pool of 50,000
+// targets.
+func BenchmarkSRV50k(b *testing.B) {
+	const n = 50000
+	ts := make([]health.Target, n)
+	for i := range ts {
+		ts[i] = target(fmt.Sprintf("node-%05d", i), fmt.Sprintf("10.%d.%d.1", i/256, i%256), int64(i%500), nil)
+	}
+	h := srvHandler(b, 3, ts)
+	for _, bc := range []struct {
+		name, qname string
+		qtype       uint16
+	}{
+		{"a", "farm.example.", dns.TypeA}, // the same choice, without names
+		{"srv", "_ws._tcp.farm.example.", dns.TypeSRV},
+		{"target", "node-25000.nodes.farm.example.", dns.TypeA},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			wire, _ := query(bc.qname, bc.qtype).Pack()
+			buf := make([]byte, 65535)
+			var clients [4096]netip.Addr
+			for i := range clients {
+				clients[i] = netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				h.serve(discard{}, buf, request{wire: wire, remote: clients[i%len(clients)]})
+				i++
+			}
+		})
+	}
+}
+
+func TestTargetLabel(t *testing.T) {
+	hashed := func(prefix string) func(string) bool {
+		return func(l string) bool {
+			return strings.HasPrefix(l, prefix+"-") && len(l) == len(prefix)+1+hashLen && hashedLabel(l)
+		}
+	}
+	for _, tt := range []struct {
+		node, id string
+		shared   bool
+		ok       func(string) bool
+	}{
+		{"n3", "ws-n3", false, func(l string) bool { return l == "n3" }},
+		{"web-7", "ws", false, func(l string) bool { return l == "web-7" }},
+		{"Node_1.ec2.internal", "ws", false, hashed("node-1-ec2-internal")},
+		{"WEB-7", "ws", false, hashed("web-7")},
+		{"vm", "ws-2", true, hashed("vm-ws-2")},
+		{strings.Repeat("a", 70), "ws", false, hashed(strings.Repeat("a", 63-1-hashLen))},
+		{"_", "ws", false, hashed("x")},
+		{"-web-", "ws", false, hashed("web")},
+		{"a__b..c", "ws", false, hashed("a-b-c")},
+		// Shaped like a hashed label: hashed too, so it cannot be another's.
+		{"web-1-abcdefghijklm", "ws", false, hashed("web-1-abcdefghijklm")},
+	} {
+		if got := targetLabel(tt.node, tt.id, tt.shared); !tt.ok(got) {
+			t.Errorf("targetLabel(%q, %q, %v) = %q", tt.node, tt.id, tt.shared, got)
+		}
+	}
+}
+
+// A target's label comes from its own name: it stays the same when targets
+// whose names clean up the same way come and go.
+func TestTargetLabelsStable(t *testing.T) {
+	label := func(ts []health.Target, node string) string {
+		n := newTargetNames(ts, "nodes.farm.example.", nil, nil)
+		for i, t := range ts {
+			if t.Node == node {
+				return strings.TrimSuffix(n.names[i], ".nodes.farm.example.")
+			}
+		}
+		return ""
+	}
+	alone := []health.Target{target("web_1", "192.0.2.1", 0, nil), target("web-1", "192.0.2.2", 0, nil)}
+	crowd := append(slices.Clone(alone), target("WEB_1", "192.0.2.3", 0, nil), target("web.1", "192.0.2.4", 0, nil))
+	for _, node := range []string{"web_1", "web-1"} {
+		if a, c := label(alone, node), label(crowd, node); a != c {
+			t.Errorf("%s: label %q, then %q once more look-alikes came", node, a, c)
+		}
+	}
+}
+
+// The label index finds every target a scan of the labels finds, and
+// nothing else.
+func TestTargetNamesIndex(t *testing.T) {
+	var ts []health.Target
+	for i := range 3000 {
+		node := []string{"web-%d", "web_%d", "WEB.%d", strings.Repeat("z", 60) + "%d"}[i%4]
+		ts = append(ts, target(fmt.Sprintf(node, i/4), "192.0.2.1", 0, nil))
+		if i%10 == 0 { // a node with several targets
+			two := ts[len(ts)-1]
+			two.ServiceID += "-2"
+			ts = append(ts, two)
+		}
+	}
+	n := newTargetNames(ts, "nodes.farm.example.", nil, nil)
+	scan := func(label string) int {
+		for i, name := range n.names {
+			if name == label+".nodes.farm.example." {
+				return i
+			}
+		}
+		return -1
+	}
+	seen := map[string]bool{}
+	for i, name := range n.names {
+		label, ok := strings.CutSuffix(name, ".nodes.farm.example.")
+		if !ok || seen[label] {
+			t.Fatalf("target %d: name %q repeated or not under the pool", i, name)
+		}
+		seen[label] = true
+		if got := n.find(label); got != i || got != scan(label) {
+			t.Errorf("%s: index finds %d, a scan %d, want %d", label, got, scan(label), i)
+		}
+	}
+	for _, label := range []string{"web-9999", "web-1-", "", "nodes"} {
+		if got := n.find(label); got != -1 || scan(label) != -1 {
+			t.Errorf("%q: found %d", label, got)
+		}
+	}
+	// Built once: a build with the same targets keeps the names.
+	if again := newTargetNames(slices.Clone(ts), "nodes.farm.example.", n, ts); again != n {
+		t.Error("same targets, names built again")
+	}
+	if again := newTargetNames(ts[1:], "nodes.farm.example.", n, ts); again == n {
+		t.Error("other targets, names kept")
+	}
+}
+
+// BenchmarkTargetNames50k builds the names of 50,000 targets, as a build
+// whose targets changed does; half of the names need a hash.
+func BenchmarkTargetNames50k(b *testing.B) {
+	ts := make([]health.Target, 50000)
+	for i := range ts {
+		ts[i] = target([]string{"node-%05d", "Node_%05d"}[i%2], "10.0.0.1", 0, nil)
+		ts[i].Node = fmt.Sprintf(ts[i].Node, i)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		newTargetNames(ts, "nodes.farm.example.", nil, nil)
 	}
 }
