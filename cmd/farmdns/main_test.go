@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/adminhttp"
 )
 
 const goodZone = `$TTL 300
@@ -202,16 +204,29 @@ func TestServeAndReload(t *testing.T) {
 	if v := metric(`farmdns_dns_requests_total{proto="udp",qtype="A",rcode="NOERROR",zone="farm.example.com."}`); v != "3" {
 		t.Errorf("queries counted: %s, want 3", v)
 	}
-	// The query log switches on and off over HTTP and with SIGUSR1.
+	// The query log switches on and off over HTTP (locally, with the admin
+	// header) and with SIGUSR1.
 	qlog := "http://" + srv.webLn.Addr().String() + "/debug/querylog"
-	if resp, err := http.PostForm(qlog, url.Values{"every": {"10"}}); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("POST %s: %v %v", qlog, resp, err)
+	post := func(every string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, qlog, strings.NewReader(url.Values{"every": {every}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		adminhttp.Token{}.Authorize(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("POST %s: %v", qlog, err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := post("10"); resp.StatusCode != 200 {
+		t.Fatalf("POST %s: %s", qlog, resp.Status)
 	}
 	if srv.handler.QueryLog() != 10 {
 		t.Errorf("query log every %d after POST every=10", srv.handler.QueryLog())
 	}
-	if resp, _ := http.PostForm(qlog, url.Values{"every": {"lots"}}); resp == nil || resp.StatusCode != 400 {
-		t.Errorf("bad every accepted: %v", resp)
+	if resp := post("lots"); resp.StatusCode != 400 {
+		t.Errorf("bad every accepted: %s", resp.Status)
 	}
 	srv.toggleQueryLog()
 	if srv.handler.QueryLog() != 0 {
