@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -299,5 +300,33 @@ func TestPoolConfigErrors(t *testing.T) {
 				t.Fatalf("error %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestExamplesAvoidMDNSPort: 5353 is multicast DNS; on a desktop running
+// avahi the quick start could not bind it. The default and every example
+// use 5380 instead.
+func TestExamplesAvoidMDNSPort(t *testing.T) {
+	cfg, err := parseConfig([]byte("zones: [{origin: a.example., file: a.zone}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.DNS.Listen, ","); got != "127.0.0.1:5380" {
+		t.Errorf("default dns.listen %s, want 127.0.0.1:5380", got)
+	}
+	mdns := regexp.MustCompile(`\b5353\b`)
+	for _, path := range []string{
+		"../../README.md", "../../deploy/README.md", "../../deploy/example/farmdns.yaml",
+		"../../deploy/demo/demo.sh", "../farmdns-demo/main.go",
+	} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			if mdns.MatchString(line) && !strings.Contains(line, "mDNS") {
+				t.Errorf("%s:%d uses port 5353 (mDNS): %s", path, i+1, strings.TrimSpace(line))
+			}
+		}
 	}
 }
