@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -328,5 +330,70 @@ func TestExamplesAvoidMDNSPort(t *testing.T) {
 				t.Errorf("%s:%d uses port 5353 (mDNS): %s", path, i+1, strings.TrimSpace(line))
 			}
 		}
+	}
+}
+
+// TestMakeCheckFormatting: make check finds unformatted and unparsable Go
+// files in a tree that is not a git checkout (a tarball, a CI copy), and
+// passes a clean one. GO=true stands in for go vet.
+func TestMakeCheckFormatting(t *testing.T) {
+	makeBin := requireTool(t, "make", true)
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, src string
+		fail      bool
+	}{
+		{"unformatted", "package x\n\nfunc  f() {}\n", true},
+		{"does not parse", "package x\n\nfunc f( {}\n", true},
+		{"clean", "package x\n\nfunc f() {}\n", false},
+	} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "Makefile"), mk, 0o644)
+		os.MkdirAll(filepath.Join(dir, "pkg"), 0o755)
+		os.WriteFile(filepath.Join(dir, "pkg", "x.go"), []byte(tt.src), 0o644)
+		cmd := exec.Command(makeBin, "-s", "check", "GO=true")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Join(runtime.GOROOT(), "bin")+string(os.PathListSeparator)+os.Getenv("PATH"), "GIT_DIR="+filepath.Join(dir, "no-git"))
+		out, err := cmd.CombinedOutput()
+		if failed := err != nil; failed != tt.fail {
+			t.Errorf("%s: make check failed=%v (%v), want %v:\n%s", tt.name, failed, err, tt.fail, out)
+		}
+		if tt.fail && !strings.Contains(string(out), "x.go") {
+			t.Errorf("%s: the output does not name the file:\n%s", tt.name, out)
+		}
+	}
+}
+
+// TestReadmeListsTestDeps: the README says what make test installs, as the
+// Makefile's APT_PACKAGES has it, and that it needs root.
+func TestReadmeListsTestDeps(t *testing.T) {
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^APT_PACKAGES\s*:?=\s*(.+)$`).FindSubmatch(mk)
+	if m == nil {
+		t.Fatal("no APT_PACKAGES in the Makefile")
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The paragraph that starts with "`make test` installs".
+	_, para, ok := strings.Cut(string(readme), "\n`make test` ")
+	para, _, _ = strings.Cut(para, "\n\n")
+	if !ok {
+		t.Fatal("README has no paragraph starting with `make test`")
+	}
+	for _, pkg := range strings.Fields(string(m[1])) {
+		if !strings.Contains(para, "`"+pkg+"`") {
+			t.Errorf("README's make test paragraph does not list `%s`:\n%s", pkg, para)
+		}
+	}
+	if !strings.Contains(para, "root") || !strings.Contains(para, "sudo") {
+		t.Errorf("README's make test paragraph does not say it needs root or sudo:\n%s", para)
 	}
 }
