@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -138,6 +139,11 @@ func TestServeAndReload(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Until run has called signal.Notify, SIGHUP's default action would kill
+	// the whole test binary: catch it here too, for the test's duration.
+	hupGuard := make(chan os.Signal, 8)
+	signal.Notify(hupGuard, syscall.SIGHUP)
+	defer signal.Stop(hupGuard)
 	srv := newServer(path, cfg, st, slog.New(slog.DiscardHandler))
 	reloaded := make(chan error, 1)
 	srv.reloaded = reloaded
