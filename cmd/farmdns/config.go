@@ -16,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 	"gopkg.in/yaml.v3"
 
+	"github.com/farmdns/farmdns/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/policy"
@@ -61,6 +62,13 @@ type DNSConfig struct {
 // HTTPConfig is the `http:` block.
 type HTTPConfig struct {
 	Listen string `yaml:"listen"`
+	// TokenFile holds a bearer token that lets a request change state
+	// (POST /debug/querylog) from anywhere; without it only local requests
+	// with the admin header may. Read at start and on every reload.
+	TokenFile string `yaml:"token_file"`
+
+	token       adminhttp.Token // read from TokenFile; never printed
+	idleTimeout time.Duration   // adminhttp.IdleTimeout; tests shorten it
 }
 
 // LogConfig is the `log:` block.
@@ -163,7 +171,7 @@ func parseConfig(b []byte) (*Config, error) {
 
 func (c *Config) setDefaults() {
 	if len(c.DNS.Listen) == 0 {
-		c.DNS.Listen = []string{"127.0.0.1:5353"}
+		c.DNS.Listen = []string{"127.0.0.1:5380"}
 	}
 	if c.DNS.NSID == nil {
 		host, _ := os.Hostname()
@@ -187,6 +195,7 @@ func (c *Config) setDefaults() {
 	if c.HTTP.Listen == "" {
 		c.HTTP.Listen = "127.0.0.1:9153"
 	}
+	c.HTTP.idleTimeout = adminhttp.IdleTimeout
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -223,6 +232,13 @@ func (c *Config) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen", "%q is not host:port", c.HTTP.Listen)
+	}
+	if c.HTTP.TokenFile != "" {
+		tok, err := adminhttp.ReadToken(c.HTTP.TokenFile)
+		if err != nil {
+			bad("http.token_file", "%v", err)
+		}
+		c.HTTP.token = tok
 	}
 	if _, err := logLevel(c.Log.Level); err != nil {
 		bad("log.level", "%v", err)

@@ -873,6 +873,9 @@ func TestDeploySystemdUnits(t *testing.T) {
 		"ExecStart":               "/usr/local/bin/farmdns-agent -config /etc/farmdns/agent.yaml",
 		"KillSignal":              "SIGTERM",
 		"LoadCredential":          "consul-token:/etc/farmdns/agent.token",
+		// farmdns-agent's exitDrainedOnRequest: a drain asked over HTTP
+		// must not be undone by a restart that registers the node again.
+		"RestartPreventExitStatus": "10",
 	} {
 		if got := agent.last("Service", k); got != want {
 			t.Errorf("farmdns-agent.service: %s=%s, want %q", k, got, want)

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/farmdns/farmdns/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/health"
 )
@@ -109,6 +110,7 @@ type server struct {
 	dns     *dnsserver.Server
 	web     *http.Server
 	webLn   net.Listener
+	guard   *adminhttp.Guard // in front of the HTTP requests that change state
 	reg     *prometheus.Registry
 
 	reloadOK   prometheus.Gauge
@@ -157,7 +159,8 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		h.Collector(), h.PoolCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
 	)
-	s.web = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.guard = adminhttp.NewGuard(cfg.HTTP.token, log)
+	s.web = adminhttp.NewServer(s.httpHandler(), cfg.HTTP.idleTimeout, log)
 	return s
 }
 
@@ -240,6 +243,7 @@ func (s *server) reload() error {
 		}
 	}
 	s.cfg = cfg
+	s.guard.SetToken(cfg.HTTP.token)
 	s.handler.Swap(st)
 	s.log.Info("reloaded", "zones", summary(st))
 	return nil
@@ -255,23 +259,30 @@ func (s *server) toggleQueryLog() {
 	s.log.Info("query log", "on", every > 0, "one_in", every)
 }
 
-// queryLogHTTP shows (GET) or sets (POST every=N, 0 for off) the query log.
-func (s *server) queryLogHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost {
-		every, err := strconv.ParseUint(r.FormValue("every"), 10, 32)
-		if err != nil {
-			http.Error(w, "every: want a whole number, 0 for off", http.StatusBadRequest)
-			return
-		}
-		s.handler.SetQueryLog(uint32(every))
-		s.log.Info("query log", "on", every > 0, "one_in", every)
-	}
+// queryLogGet shows the query log's sampling: one query in N, 0 for off.
+func (s *server) queryLogGet(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "every %d\n", s.handler.QueryLog())
+}
+
+// queryLogSet sets the query log's sampling (every=N, 0 for off). It sits
+// behind the guard: query logs fill disks and show who asks what.
+func (s *server) queryLogSet(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	every, err := strconv.ParseUint(r.FormValue("every"), 10, 32)
+	if err != nil {
+		http.Error(w, "every: want a whole number, 0 for off", http.StatusBadRequest)
+		return
+	}
+	s.handler.SetQueryLog(uint32(every))
+	s.log.Info("query log", "on", every > 0, "one_in", every)
+	s.queryLogGet(w, r)
 }
 
 func (s *server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/querylog", s.queryLogHTTP)
+	// Only requests that change state are guarded; the rest are read-only.
+	mux.HandleFunc("GET /debug/querylog", s.queryLogGet)
+	mux.Handle("POST /debug/querylog", s.guard.Protect(http.HandlerFunc(s.queryLogSet)))
 	mux.HandleFunc("GET /status", s.statusHTML)
 	mux.HandleFunc("GET /status.json", s.statusJSON)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)}))
