@@ -86,6 +86,9 @@ type ConsulSection struct {
 	LoadPrefix          string        `yaml:"load_prefix"`
 	MaxReportAge        time.Duration `yaml:"max_report_age"`
 	MaxStaleness        time.Duration `yaml:"max_staleness"`
+	// StateFile keeps the last good catalog and loads for a start without
+	// Consul; relative to the config file's directory.
+	StateFile string `yaml:"state_file"`
 }
 
 // ZoneConfig is one entry of `zones:`.
@@ -296,6 +299,13 @@ func (c *Config) validate() error {
 				bad(key, "must be positive")
 			}
 		}
+		if f := c.stateFile(); f != "" {
+			if fi, err := os.Stat(filepath.Dir(f)); err != nil || !fi.IsDir() {
+				bad("consul.state_file", "directory of %s does not exist", f)
+			} else if fi, err := os.Stat(f); err == nil && !fi.Mode().IsRegular() {
+				bad("consul.state_file", "%s is not a regular file", f)
+			}
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -328,6 +338,8 @@ func (c *Config) watcherConfig() health.WatcherConfig {
 		MaxReportAge: c.Consul.MaxReportAge,
 		MaxStaleness: c.Consul.MaxStaleness,
 		AllowStale:   c.Consul.AllowStale,
+		StateFile:    c.stateFile(),
+		Datacenter:   c.Consul.Datacenter,
 	}
 	seen := map[string]bool{}
 	for _, z := range c.Zones {
@@ -368,6 +380,14 @@ func prefixes(list []string) []netip.Prefix {
 		out = append(out, p)
 	}
 	return out
+}
+
+// stateFile resolves consul.state_file against the config file's directory.
+func (c *Config) stateFile() string {
+	if c.Consul.StateFile == "" || filepath.IsAbs(c.Consul.StateFile) {
+		return c.Consul.StateFile
+	}
+	return filepath.Join(c.dir, c.Consul.StateFile)
 }
 
 // zoneFile resolves a zone file name against the config file's directory.

@@ -59,6 +59,7 @@ var deployContract = map[string]deployMetric{
 	"farmdns_consul_sync_errors_total":           {"counter", []string{"dataset"}},
 	"farmdns_consul_propagation_lag_seconds":     {"histogram", nil},
 	"farmdns_consul_ready":                       {"gauge", nil},
+	"farmdns_consul_state_restored":              {"gauge", nil},
 
 	"farmdns_config_last_reload_successful":        {"gauge", nil},
 	"farmdns_config_last_reload_timestamp_seconds": {"gauge", nil},

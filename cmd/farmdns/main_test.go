@@ -272,6 +272,7 @@ func TestShippedFarmExampleIsValid(t *testing.T) {
 	os.WriteFile(token, []byte("secret\n"), 0o600)
 	os.WriteFile(filepath.Join(dir, "farm.example.com.zone"), zone, 0o644)
 	config := strings.ReplaceAll(string(b), "/run/credentials/farmdns.service/consul-token", token)
+	config = strings.ReplaceAll(config, "/var/lib/farmdns/", dir+"/")
 	path := filepath.Join(dir, "farmdns.yaml")
 	os.WriteFile(path, []byte(config), 0o644)
 	cfg, st, err := load(path)

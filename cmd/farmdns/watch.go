@@ -44,6 +44,9 @@ func (s *server) startWatch(cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	// Serve the first snapshot (from the state file, if any) before the
+	// first query can arrive.
+	s.handler.UpdatePools(w.Snapshot())
 	ctx, cancel := context.WithCancel(s.ctx)
 	wt := &watch{cancel: cancel, done: make(chan struct{})}
 	ran := make(chan struct{})
