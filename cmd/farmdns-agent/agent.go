@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/farmdns/farmdns/adminhttp"
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/health"
 )
 

@@ -19,7 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/farmdns/farmdns/adminhttp"
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/health/consultest"
 )

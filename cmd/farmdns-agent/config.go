@@ -17,8 +17,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/farmdns/farmdns/adminhttp"
 	"github.com/farmdns/farmdns/cmd/farmdns-agent/conncount"
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/health"
 )
 

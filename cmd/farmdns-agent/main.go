@@ -34,7 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/farmdns/farmdns/adminhttp"
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/health"
 )
 

@@ -16,7 +16,7 @@ import (
 	"github.com/miekg/dns"
 	"gopkg.in/yaml.v3"
 
-	"github.com/farmdns/farmdns/adminhttp"
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/policy"
