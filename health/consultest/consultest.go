@@ -52,12 +52,17 @@ type Agent struct {
 	Token string
 	// NodeName is the agent's own node name.
 	NodeName string
+	// ServerAddr is a cluster server's RPC and Raft address, as
+	// /v1/status/leader names it; empty for the dev and the client agent.
+	ServerAddr string
 
-	t       testing.TB
-	bin     string
-	dir     string
-	args    []string
-	logPath string
+	t        testing.TB
+	bin      string
+	dir      string
+	args     []string
+	logPath  string
+	dataDir  string // a cluster agent's state; empty for a dev agent
+	serfAddr string // a cluster agent's Serf LAN address
 
 	mu   sync.Mutex // guards proc and done
 	proc *exec.Cmd
@@ -96,6 +101,7 @@ func Start(t testing.TB, opts ...Option) *Agent {
 			t.Fatalf("consultest: %v", err)
 		}
 		a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+		a.Client = nil // made again for the new address
 		err = a.start()
 		if err == nil {
 			break
@@ -209,18 +215,28 @@ ports {
 	return nil
 }
 
-// start launches the process and waits until it is a leader that answers.
+// start launches the process and waits until it knows a leader and answers.
 func (a *Agent) start() error {
+	done, err := a.launch()
+	if err != nil {
+		return err
+	}
+	return a.waitReady(done)
+}
+
+// launch starts the process without waiting for it; the returned channel is
+// closed when it exits.
+func (a *Agent) launch() (<-chan struct{}, error) {
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("open log: %w", err)
+		return nil, fmt.Errorf("open log: %w", err)
 	}
 	cmd := exec.Command(a.bin, a.args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("exec %s: %w", a.bin, err)
+		return nil, fmt.Errorf("exec %s: %w", a.bin, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -232,15 +248,19 @@ func (a *Agent) start() error {
 	a.proc, a.done = cmd, done
 	a.mu.Unlock()
 
-	cfg := api.DefaultConfig()
-	cfg.Address = a.Addr
-	cfg.Token = a.Token
-	client, err := api.NewClient(cfg)
-	if err != nil {
-		return fmt.Errorf("consul client: %w", err)
+	// The address and token never change, so one client serves every run
+	// (and callers may keep using it across a restart).
+	if a.Client == nil {
+		cfg := api.DefaultConfig()
+		cfg.Address = a.Addr
+		cfg.Token = a.Token
+		client, err := api.NewClient(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("consul client: %w", err)
+		}
+		a.Client = client
 	}
-	a.Client = client
-	return a.waitReady(done)
+	return done, nil
 }
 
 func (a *Agent) waitReady(done <-chan struct{}) error {
