@@ -27,8 +27,20 @@ type Cluster struct {
 	// application's Consul address is Agent.Addr.
 	Agent *Agent
 
-	t testing.TB
+	t        testing.TB
+	noStream bool
 }
+
+// ClusterOption changes how StartCluster runs the cluster.
+type ClusterOption func(*Cluster)
+
+// WithoutStreaming turns off the client agent's streaming backend
+// (use_streaming_backend = false). By default a client agent answers a
+// blocking /v1/health/service read from a view it keeps up to date through
+// a subscription to one server, and moves that subscription to another
+// server on its own when the server dies; without streaming each blocking
+// read is forwarded to a server as an RPC, and fails if that server dies.
+func WithoutStreaming() ClusterOption { return func(c *Cluster) { c.noStream = true } }
 
 // clusterServers is the cluster size: the smallest that survives losing one.
 const clusterServers = 3
@@ -37,7 +49,7 @@ const clusterServers = 3
 // each other) and the client agent, waits until the servers have elected a
 // leader and every agent reads the catalog through it, and kills them all
 // when the test ends. Without a binary it skips, or fails under CI=true.
-func StartCluster(t testing.TB) *Cluster {
+func StartCluster(t testing.TB, opts ...ClusterOption) *Cluster {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
@@ -47,6 +59,9 @@ func StartCluster(t testing.TB) *Cluster {
 		t.Skipf("consultest: no Consul binary: %v", err)
 	}
 	c := &Cluster{t: t}
+	for _, opt := range opts {
+		opt(c)
+	}
 	prefix := "consultest-" + randomHex(3)
 	root := t.TempDir()
 	for i := range clusterServers + 1 {
@@ -118,7 +133,7 @@ func (c *Cluster) start() error {
 				join = append(join, s)
 			}
 		}
-		if err := a.writeClusterConfig(join, ports[3*i+2]); err != nil {
+		if err := a.writeClusterConfig(join, ports[3*i+2], c.noStream); err != nil {
 			return err
 		}
 	}
@@ -143,10 +158,10 @@ func (c *Cluster) start() error {
 // and autopilot promoting a new server after 1 s instead of 10 s.
 //
 // A client agent never listens on serverPort, but Consul insists on a valid one.
-func (a *Agent) writeClusterConfig(join []string, serverPort int) error {
+func (a *Agent) writeClusterConfig(join []string, serverPort int, noStream bool) error {
 	_, http, _ := net.SplitHostPort(a.Addr)
 	_, serf, _ := net.SplitHostPort(a.serfAddr)
-	role := "server = false\n"
+	role := fmt.Sprintf("server = false\nuse_streaming_backend = %v\n", !noStream)
 	if a.ServerAddr != "" {
 		role = fmt.Sprintf(`server = true
 bootstrap_expect = %d
@@ -177,8 +192,8 @@ retry_interval = "200ms"
 %sperformance { raft_multiplier = 1 }
 gossip_lan {
   gossip_interval = "100ms"
-  probe_interval = "500ms"
-  probe_timeout = "250ms"
+  probe_interval = "200ms"
+  probe_timeout = "100ms"
   suspicion_mult = 3
 }
 ports {

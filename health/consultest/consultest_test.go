@@ -61,11 +61,26 @@ func TestCluster(t *testing.T) {
 	killed := time.Now()
 	next := c.WaitLeader(t, old)
 	t.Logf("new leader %s %v after killing %s", next.NodeName, time.Since(killed).Round(time.Millisecond), old.NodeName)
-	c.Agent.PutKV(t, "after-election", []byte("v")) // writes go through the new leader
+	// Writes go through the new leader. The client agent may first try the
+	// dead server and fail, until gossip marks it failed: retry, as a real
+	// writer must.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := c.Agent.PutKVErr("after-election", []byte("v"))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("write after the election: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	old.Wipe()
+	rebuilt := time.Now()
 	old.Restart()
+	t.Logf("rebuilt server answers after %v", time.Since(rebuilt).Round(time.Millisecond))
 	c.WaitHealthy(t)
+	t.Logf("rebuilt server votes after %v", time.Since(rebuilt).Round(time.Millisecond))
 	// The rebuilt server holds the state from before and after its loss,
 	// read from its own store (stale: not forwarded to the leader).
 	stale := &api.QueryOptions{AllowStale: true}
