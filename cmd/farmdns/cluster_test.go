@@ -71,6 +71,7 @@ zones:
 
 	m := startClusterMonitor(t, f, all)
 	leader := c.WaitLeader(t, nil)
+	usedBefore := serversUsed(t, c)
 	leader.Kill()
 	killed := time.Now()
 	next := c.WaitLeader(t, leader)
@@ -94,13 +95,27 @@ zones:
 		t.Errorf("the health change showed %v after the new leader, want within 5 s", d)
 	}
 
-	// The dead server's disk is lost: it is rebuilt from an empty data dir,
-	// rejoins, catches up and becomes a voter again, while farmdns goes on.
-	leader.Wipe()
+	// A server's disk is lost: it is rebuilt from an empty data dir, rejoins,
+	// catches up and becomes a voter again, while farmdns goes on. The
+	// server lost is the one farmdns's reads went through, so that its
+	// blocking queries break at least once in the test: the dead leader if
+	// the client agent used it, else (once the leader is back from its own
+	// data) the server the client agent uses now.
+	victim := leader
+	if !slices.Contains(usedBefore, leader) {
+		restarted := time.Now()
+		leader.Restart()
+		c.WaitHealthy(t)
+		t.Logf("restarted %s from its data: a voter again after %v", leader.NodeName, time.Since(restarted).Round(time.Millisecond))
+		victim = serversUsed(t, c)[0]
+		victim.Kill()
+	}
+	t.Logf("the client agent used %s before the leader died; rebuilding %s, the server it used last", names(usedBefore), victim.NodeName)
+	victim.Wipe()
 	rebuilt := time.Now()
-	leader.Restart()
+	victim.Restart()
 	c.WaitHealthy(t)
-	t.Logf("rebuilt %s: a voter again after %v", leader.NodeName, time.Since(rebuilt).Round(time.Millisecond))
+	t.Logf("rebuilt %s: a voter again after %v", victim.NodeName, time.Since(rebuilt).Round(time.Millisecond))
 
 	// The rebuilt cluster still carries changes to farmdns.
 	m.allow(healthy, all)
@@ -115,6 +130,30 @@ zones:
 		t.Logf("consul reads failed during the test: %s %s: %d", d.Kind, d.Name, d.Errors)
 	}
 	t.Logf("whole test %v", time.Since(start).Round(time.Millisecond))
+}
+
+// serversUsed returns the servers the client agent is connected to, at
+// least one.
+func serversUsed(t *testing.T, c *consultest.Cluster) []*consultest.Agent {
+	t.Helper()
+	var used []*consultest.Agent
+	eventually(t, 10*time.Second, "the client agent connected to a server", func() bool {
+		var err error
+		used, err = c.ServersUsed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(used) > 0
+	})
+	return used
+}
+
+func names(agents []*consultest.Agent) string {
+	var n []string
+	for _, a := range agents {
+		n = append(n, a.NodeName)
+	}
+	return strings.Join(n, ", ")
 }
 
 // clusterMonitor asks farmdns for the pool without pause, follows every

@@ -262,7 +262,8 @@ func (c *Cluster) WaitLeader(t testing.TB, not *Agent) *Agent {
 }
 
 // WaitHealthy polls until autopilot, asked through the client agent, reports
-// the cluster healthy with exactly the three servers, each a voter: a
+// the cluster healthy with exactly the three running servers, by name and
+// current node ID, each a voter: a
 // restarted or wiped server has rejoined, caught up and been promoted, and
 // no dead peer is left in the Raft configuration.
 func (c *Cluster) WaitHealthy(t testing.TB) {
@@ -288,20 +289,30 @@ func (c *Cluster) healthy() error {
 	if !h.Healthy {
 		return errors.New("autopilot: unhealthy")
 	}
-	var names []string
+	// A rebuilt server has a new node ID under its old name: until autopilot
+	// reports that ID, it is still looking at the dead one.
+	var got, want []string
 	for _, s := range h.Servers {
 		if !s.Healthy || !s.Voter {
 			return fmt.Errorf("autopilot: %s (%s) healthy %v, voter %v", s.Name, s.ID, s.Healthy, s.Voter)
 		}
-		names = append(names, s.Name)
+		got = append(got, s.Name+"/"+s.ID)
 	}
-	slices.Sort(names)
-	var want []string
 	for _, s := range c.Servers {
-		want = append(want, s.NodeName)
+		if s.PID() == 0 {
+			return fmt.Errorf("%s is not running", s.NodeName)
+		}
+		self, err := s.Client.Agent().Self()
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.NodeName, err)
+		}
+		id, _ := self["Config"]["NodeID"].(string)
+		want = append(want, s.NodeName+"/"+id)
 	}
-	if !slices.Equal(names, want) {
-		return fmt.Errorf("autopilot: servers %v, want %v", names, want)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		return fmt.Errorf("autopilot: servers %v, want %v", got, want)
 	}
 	return nil
 }
@@ -341,4 +352,47 @@ func (c *Cluster) killAll() {
 		wg.Go(a.Kill)
 	}
 	wg.Wait()
+}
+
+// ServersUsed returns the running servers the client agent holds
+// established TCP connections to, on their server RPC ports: the servers
+// its reads and writes go through (it keeps to one until that one fails).
+// Read from /proc, so Linux only.
+func (c *Cluster) ServersUsed() ([]*Agent, error) {
+	pid := c.Agent.PID()
+	if pid == 0 {
+		return nil, errors.New("the client agent is not running")
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return nil, fmt.Errorf("list the client agent's files: %w", err)
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(link, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
+		}
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	if err != nil {
+		return nil, fmt.Errorf("read the client agent's TCP table: %w", err)
+	}
+	remotes := map[string]bool{} // hex "0100007F:PORT" as /proc writes it
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		// sl local remote st ... inode is the tenth field; 01 is ESTABLISHED.
+		if len(f) >= 10 && f[3] == "01" && inodes[f[9]] {
+			remotes[f[2]] = true
+		}
+	}
+	var used []*Agent
+	for _, s := range c.Servers {
+		_, port, _ := net.SplitHostPort(s.ServerAddr)
+		p, _ := strconv.Atoi(port)
+		if s.PID() != 0 && remotes[fmt.Sprintf("0100007F:%04X", p)] {
+			used = append(used, s)
+		}
+	}
+	return used, nil
 }
