@@ -328,10 +328,11 @@ type loop struct {
 	name string
 	out  chan<- update
 
-	failing bool
-	prevKV  []kvPair
-	prevIns []instance
-	have    bool
+	failing   bool
+	prevKV    []kvPair
+	prevIns   []instance
+	have      bool
+	heldIndex uint64 // the Consul index of prevKV or prevIns
 }
 
 func (l *loop) run(ctx context.Context) {
@@ -397,17 +398,50 @@ func (l *loop) query(ctx context.Context, index uint64) (update, uint64, error) 
 	// connection is presumed dead.
 	qctx, cancel := context.WithTimeout(ctx, cfg.WaitTime+cfg.WaitTime/16+5*time.Second)
 	defer cancel()
+	stale := cfg.AllowStale == nil || *cfg.AllowStale
+	u, meta, empty, err := l.read(qctx, index, stale)
+	if err == nil && stale && l.have && meta.LastIndex < l.heldIndex && u.changed {
+		// An answer older than the data held comes from a server behind
+		// the one that answered before: a follower a little behind, or a
+		// server rebuilt from an empty data dir that serves stale reads
+		// before it has restored the leader's snapshot (an empty catalog
+		// at index 1, with a known leader). Its data may lack targets; ask
+		// the leader instead. A state the leader confirms (a restore) is taken.
+		u, meta, empty, err = l.read(qctx, 0, false)
+	}
+	if err != nil {
+		return update{}, 0, l.wrap(consulError(err))
+	}
+	if meta.ResultsFilteredByACLs {
+		// A token without read access gets an empty or partial answer, not
+		// an error; taking it would empty the pool.
+		return update{}, 0, l.wrap(errors.New("consul filtered the results by ACLs: the token lacks read access (service:read and node:read, or key_prefix read on the load prefix)"))
+	}
+	if empty && !meta.KnownLeader {
+		// A server that lost (or has not yet found) its leader may hold no
+		// data at all; never empty a pool on its word.
+		return update{}, 0, l.wrap(errors.New("consul answered with no data and no known leader; keeping the last data"))
+	}
+	if u.changed {
+		l.have, l.prevKV, l.prevIns = true, u.kv, u.ins
+	} else {
+		u.kv, u.ins = nil, nil
+	}
+	l.heldIndex = meta.LastIndex
+	u.at, u.index = time.Now(), meta.LastIndex
+	return u, meta.LastIndex, nil
+}
+
+// read runs one query and compares its answer with the data held; empty
+// reports an answer that would empty a data set that has data.
+func (l *loop) read(ctx context.Context, index uint64, stale bool) (u update, meta *api.QueryMeta, empty bool, err error) {
+	cfg := &l.w.cfg
 	opts := (&api.QueryOptions{
 		WaitIndex:  index,
 		WaitTime:   cfg.WaitTime,
-		AllowStale: cfg.AllowStale == nil || *cfg.AllowStale,
-	}).WithContext(qctx)
-	u := update{set: l.set}
-	var (
-		meta  *api.QueryMeta
-		err   error
-		empty bool
-	)
+		AllowStale: stale,
+	}).WithContext(ctx)
+	u = update{set: l.set}
 	switch l.kind {
 	case DataSetKV:
 		var pairs api.KVPairs
@@ -428,26 +462,7 @@ func (l *loop) query(ctx context.Context, index uint64) (update, uint64, error) 
 			u.ins = ins
 		}
 	}
-	if err != nil {
-		return update{}, 0, l.wrap(consulError(err))
-	}
-	if meta.ResultsFilteredByACLs {
-		// A token without read access gets an empty or partial answer, not
-		// an error; taking it would empty the pool.
-		return update{}, 0, l.wrap(errors.New("consul filtered the results by ACLs: the token lacks read access (service:read and node:read, or key_prefix read on the load prefix)"))
-	}
-	if empty && !meta.KnownLeader {
-		// A server that lost (or has not yet found) its leader may hold no
-		// data at all; never empty a pool on its word.
-		return update{}, 0, l.wrap(errors.New("consul answered with no data and no known leader; keeping the last data"))
-	}
-	if u.changed {
-		l.have, l.prevKV, l.prevIns = true, u.kv, u.ins
-	} else {
-		u.kv, u.ins = nil, nil
-	}
-	u.at, u.index = time.Now(), meta.LastIndex
-	return u, meta.LastIndex, nil
+	return u, meta, empty, err
 }
 
 func (l *loop) wrap(err error) error {
