@@ -23,11 +23,10 @@ type Cluster struct {
 	// Servers are the three server agents. Their Addr answers the HTTP API
 	// too, but the application should talk to Agent.
 	Servers []*Agent
-	// Agent is the client agent (no Raft, no state of its own): the
-	// application's Consul address is Agent.Addr.
+	// Agent is the client agent (not a Raft member): the application's
+	// Consul address is Agent.Addr.
 	Agent *Agent
 
-	t        testing.TB
 	noStream bool
 }
 
@@ -58,7 +57,7 @@ func StartCluster(t testing.TB, opts ...ClusterOption) *Cluster {
 		}
 		t.Skipf("consultest: no Consul binary: %v", err)
 	}
-	c := &Cluster{t: t}
+	c := &Cluster{}
 	for _, opt := range opts {
 		opt(c)
 	}
