@@ -186,12 +186,28 @@ func parseFast(msg []byte, key *[255]byte) (q fastQuery, ok bool) {
 			if o+4+l > rdEnd {
 				return q, false
 			}
+			if !fastOption(code) {
+				return q, false
+			}
 			q.nsid = q.nsid || code == dns.EDNS0NSID
 			o += 4 + l
 		}
 		return q, true
 	}
 	return q, off == len(msg)
+}
+
+// fastOption reports whether the slow path accepts an option with this code
+// whatever its content, so that the fast path may skip it unread. miekg/dns
+// rejects some malformed options (an ECS of an unknown family, say), which
+// the slow path answers FORMERR; those, and codes it may learn to parse
+// later, take the slow path.
+func fastOption(code uint16) bool {
+	switch code {
+	case dns.EDNS0NSID, dns.EDNS0DAU, dns.EDNS0DHU, dns.EDNS0N3U, dns.EDNS0COOKIE, dns.EDNS0PADDING:
+		return true
+	}
+	return code >= 65001 && code <= 65534 // local and experimental use (RFC 6891 section 9)
 }
 
 // fastAnswer writes the reply to a plain query into buf if a prepared answer

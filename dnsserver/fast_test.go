@@ -108,3 +108,52 @@ func BenchmarkServe(b *testing.B) {
 type discard struct{}
 
 func (discard) write([]byte) error { return nil }
+
+// optionVariants are EDNS options a query may carry, well-formed and not:
+// the slow path unpacks each (miekg/dns rejects some malformed ones, which
+// is FORMERR), so the fast path must agree on every one.
+func optionVariants() map[string]dns.EDNS0 {
+	local := func(code uint16, data ...byte) dns.EDNS0 { return &dns.EDNS0_LOCAL{Code: code, Data: data} }
+	return map[string]dns.EDNS0{
+		"nsid":                 &dns.EDNS0_NSID{Code: dns.EDNS0NSID},
+		"ecs":                  local(dns.EDNS0SUBNET, 0, 1, 24, 0, 192, 0, 2),
+		"ecs family 256":       local(dns.EDNS0SUBNET, 1, 0, 24, 0, 192, 0, 2),
+		"ecs bad netmask":      local(dns.EDNS0SUBNET, 0, 1, 33, 0, 192, 0, 2, 0, 1),
+		"ecs short":            local(dns.EDNS0SUBNET, 0),
+		"cookie":               &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"},
+		"cookie odd length":    local(dns.EDNS0COOKIE, 1, 2, 3),
+		"padding":              &dns.EDNS0_PADDING{Padding: make([]byte, 7)},
+		"keepalive bad length": local(dns.EDNS0TCPKEEPALIVE, 1),
+		"expire bad length":    local(dns.EDNS0EXPIRE, 1, 2),
+		"ede short":            local(dns.EDNS0EDE, 1),
+		"llq short":            local(dns.EDNS0LLQ, 1),
+		"ul short":             local(dns.EDNS0UL, 1),
+		"zoneversion short":    local(dns.EDNS0ZONEVERSION),
+		"report-channel bad":   local(dns.EDNS0REPORTING, 0xc0),
+		"unknown code":         local(20, 1, 2, 3),
+		"local":                local(65001, 1, 2),
+	}
+}
+
+// TestFastPathEqualsSlowPathOptions: a query with an option the fast path
+// does not check must get the slow path's answer, FORMERR included.
+func TestFastPathEqualsSlowPathOptions(t *testing.T) {
+	st := testState(t)
+	fast := NewHandler(st, testLogger(t))
+	slow := NewHandler(&State{Zones: st.Zones, Options: st.Options}, testLogger(t))
+	for name, o := range optionVariants() {
+		for _, q := range []*dns.Msg{query("example.org.", dns.TypeA, withOption(o)), query("mail.example.org.", dns.TypeMX, withOption(o))} {
+			f, s := serveMsg(t, fast, q, false), serveMsg(t, slow, q, false)
+			if fs, ss := strings.ToLower(f.String()), strings.ToLower(s.String()); fs != ss {
+				t.Errorf("%s, %s:\nfast:\n%s\nslow:\n%s", name, q.Question[0].Name, fs, ss)
+			}
+		}
+	}
+	// What resolvers commonly send stays on the fast path.
+	for _, name := range []string{"nsid", "cookie", "padding"} {
+		wire := mustPack(t, query("example.org.", dns.TypeA, withOption(optionVariants()[name])))
+		if _, _, ok := fastAnswer(st, make([]byte, 65535), request{wire: wire}); !ok {
+			t.Errorf("%s: not taken by the fast path", name)
+		}
+	}
+}
