@@ -233,8 +233,8 @@ func fastAnswer(st *State, buf []byte, req request) (out []byte, info replyInfo,
 	optLen := 0
 	if q.edns {
 		optLen = 11
-		if q.nsid && st.Options.NSID != "" {
-			optLen += 4 + len(st.Options.NSID)
+		if nsid := st.Options.nsid(); q.nsid && nsid != "" {
+			optLen += 4 + len(nsid)
 		}
 	}
 	limit := min(len(buf), fastLimit(q, req.tcp, st.Options.MaxUDPSize))
@@ -271,28 +271,23 @@ func appendHeader(out, msg []byte, q fastQuery, flags, an, ns, ar uint16) []byte
 
 // fastPool answers a pool's name with the records its policy chooses for
 // this query, as many as fit in room octets: fewer records rather than TC.
-// It returns the reply and its rcode.
+// It returns the reply and its rcode. Whatever the pool may answer must fit
+// before it is asked: its choice is counted in its ledger, and falling back
+// to the slow path after choosing would count a choice twice.
 func fastPool(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer, room int) ([]byte, int, bool) {
+	fit := (room - q.qEnd) / addressRRLen(q.qtype)
+	if fit < 1 || q.qEnd+len(a.body) > room {
+		return nil, 0, false
+	}
 	var dst [policy.MaxAnswers]int
-	c := choose(st.pools[a.pool], dst[:0], q.qtype, req.remote)
+	c := choose(st.pools[a.pool], dst[:0:min(fit, policy.MaxAnswers)], q.qtype, req.remote)
 	var out []byte
 	rcode := dns.RcodeSuccess
 	switch c.outcome {
 	case policy.OutcomeAnswer, policy.OutcomeFailOpen:
-		recLen := 16 // pointer, type, class, TTL, length, IPv4 address
-		if q.qtype == dns.TypeAAAA {
-			recLen = 28
-		}
-		fit := (room - q.qEnd) / recLen
-		if fit < 1 {
-			return nil, 0, false
-		}
-		out = appendHeader(buf[:0], req.wire, q, 1<<10, uint16(min(fit, len(c.picked))), 0, 0)
-		out, _ = c.appendAddressRecords(out, fit)
+		out = appendHeader(buf[:0], req.wire, q, 1<<10, uint16(len(c.picked)), 0, 0)
+		out, _ = c.appendAddressRecords(out, len(c.picked))
 	case policy.OutcomeNoData:
-		if q.qEnd+len(a.body) > room {
-			return nil, 0, false
-		}
 		out = appendHeader(buf[:0], req.wire, q, a.flags, a.an, a.ns, a.ar)
 		out = append(out, a.body...)
 	default: // see answerPool
@@ -320,11 +315,11 @@ func appendOPT(out []byte, st *State, q fastQuery) []byte {
 		doBit = 0x80
 	}
 	out = append(out, doBit, 0)
-	if q.nsid && st.Options.NSID != "" {
-		out = binary.BigEndian.AppendUint16(out, uint16(4+len(st.Options.NSID)))
+	if nsid := st.Options.nsid(); q.nsid && nsid != "" {
+		out = binary.BigEndian.AppendUint16(out, uint16(4+len(nsid)))
 		out = binary.BigEndian.AppendUint16(out, dns.EDNS0NSID)
-		out = binary.BigEndian.AppendUint16(out, uint16(len(st.Options.NSID)))
-		return append(out, st.Options.NSID...)
+		out = binary.BigEndian.AppendUint16(out, uint16(len(nsid)))
+		return append(out, nsid...)
 	}
 	return binary.BigEndian.AppendUint16(out, 0)
 }

@@ -1,10 +1,16 @@
 package dnsserver
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/health"
+	"github.com/farmdns/farmdns/policy"
+	"github.com/farmdns/farmdns/zones"
 )
 
 // TestFastPathEqualsSlowPath sends the differential corpus through a handler
@@ -157,3 +163,63 @@ func TestFastPathEqualsSlowPathOptions(t *testing.T) {
 		}
 	}
 }
+
+// farm serves farm.example. as farmHandler does, with opts, each pool's
+// policy edited by edit (nil: as is), fed with services. Without fast, the
+// State has no ready-made replies: every query takes the slow path.
+func farm(t testing.TB, opts Options, edit func(*policy.Config), services map[string][]health.Target, fast bool) *Handler {
+	t.Helper()
+	ab := []uint16{dns.TypeA, dns.TypeAAAA}
+	z, err := zones.Parse("farm.example.", "farm.zone", strings.NewReader(farmZone+farmExtra),
+		zones.Binding{Name: "@", Types: ab, Pool: 0}, zones.Binding{Name: "lb", Types: ab, Pool: 1},
+		zones.Binding{Name: "_ws._tcp", Types: []uint16{dns.TypeSRV}, Pool: 0},
+		zones.Binding{Name: "nodes", Children: true, Pool: 0},
+		zones.Binding{Name: longPool, Types: ab, Pool: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := zones.NewSet(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := policy.DefaultConfig()
+	nodes.Answers = 2
+	shards := policy.DefaultConfig()
+	shards.Mode, shards.ShardMeta, shards.Answers = policy.Shards, "shard", 2
+	if edit != nil {
+		edit(&nodes)
+		edit(&shards)
+	}
+	if opts.MaxUDPSize == 0 {
+		opts.MaxUDPSize = DefaultMaxUDPSize
+	}
+	opts.StatusFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	st := NewState(set, opts,
+		PoolSpec{Name: "farm.example.", Zone: "farm.example.", Service: "ws", Policy: nodes},
+		PoolSpec{Name: "lb.farm.example.", Zone: "farm.example.", Service: "ws", LBService: "ws-lb", Policy: shards})
+	if !fast {
+		st.prepared = nil
+	}
+	h := NewHandler(st, testLogger(t))
+	h.pools.update(&h.state, services, time.Now())
+	return h
+}
+
+// farmExtra adds to farmZone what a pool's neighbours may hold: static
+// records beside a pool, a chain into it, a name of the status page's.
+var farmExtra = `@ MX 10 mail
+@ TXT "static text at a pool's name"
+mail A 192.0.2.25
+chain CNAME www
+_status TXT "the zone's own _status"
+` + longChain + ` CNAME ` + longPool + `
+` + longerChain + ` CNAME ` + longPool + `
+`
+
+// Long names leave a small reply little room for a pool's records: 252, 35
+// and 99 octets, the chains' CNAMEs adding 252 more.
+var (
+	longPool    = strings.Repeat("x", 63) + "." + strings.Repeat("y", 63) + "." + strings.Repeat("z", 63) + "." + strings.Repeat("w", 45) + ".farm.example."
+	longChain   = strings.Repeat("s", 20) + ".farm.example."
+	longerChain = strings.Repeat("q", 63) + "." + strings.Repeat("r", 20) + ".farm.example."
+)

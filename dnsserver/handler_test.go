@@ -2,10 +2,12 @@ package dnsserver
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -237,4 +239,79 @@ func FuzzServe(f *testing.F) {
 			}
 		}
 	})
+}
+
+// ledgerTotal is how many records the pools' ledgers have counted.
+func ledgerTotal(h *Handler) uint64 {
+	var n uint64
+	for _, s := range h.State().pools {
+		for _, ts := range s.cur.Load().Stats(time.Now()) {
+			n += ts.Answers
+		}
+	}
+	return n
+}
+
+// TestLedgerCountsRecordsSent: the ledger predicts each target's load from
+// the answers that named it, so it must count the records actually sent,
+// once: not those left out to fit a small reply, nor a choice made twice.
+func TestLedgerCountsRecordsSent(t *testing.T) {
+	services := farmServices()
+	for i := range 6 {
+		services["ws"] = append(services["ws"], target(fmt.Sprintf("m%d", i), fmt.Sprintf("192.0.2.%d", 30+i), 100, nil))
+	}
+	eight := func(c *policy.Config) { c.Answers = 8 }
+	nsidQ := withOption(&dns.EDNS0_NSID{Code: dns.EDNS0NSID})
+	for _, tt := range []struct {
+		name string
+		q    *dns.Msg
+		tcp  bool
+		per  int // records in each reply; -1: any
+	}{
+		{"fast path", query("farm.example.", dns.TypeA), false, 8},
+		{"fast path, no EDNS", query("farm.example.", dns.TypeA, noEDNS), false, 8},
+		{"fast path, TCP", query("farm.example.", dns.TypeAAAA), true, 1},
+		{"slow path, CNAME", query("www.farm.example.", dns.TypeA), false, 8},
+		{"fast path, 6 of 8 fit", query(longPool, dns.TypeA, small, nsidQ), false, 6},
+		{"slow path, 4 of 8 fit after a CNAME", query(longChain, dns.TypeA, small, nsidQ), false, 4},
+		{"slow path, none fits after a CNAME", query(longerChain, dns.TypeA, small, nsidQ), false, 0},
+		{"shards", query("lb.farm.example.", dns.TypeA, small, nsidQ), false, -1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := farm(t, Options{NSID: strings.Repeat("n", MaxNSID)}, eight, services, true)
+			sent := 0
+			for i := range 20 {
+				var rec recorder
+				h.serve(&rec, make([]byte, 65535), request{wire: mustPack(t, tt.q), tcp: tt.tcp, remote: netip.AddrFrom4([4]byte{198, 51, byte(i), 1})})
+				r := new(dns.Msg)
+				if len(rec.msgs) != 1 || r.Unpack(rec.msgs[0]) != nil {
+					t.Fatalf("%d replies", len(rec.msgs))
+				}
+				if n := len(addrs(r)); tt.per >= 0 && (n != tt.per || r.Truncated != (n == 0)) {
+					t.Fatalf("%d records, TC %v; want %d", n, r.Truncated, tt.per)
+				}
+				sent += len(addrs(r))
+			}
+			if got := ledgerTotal(h); got != uint64(sent) {
+				t.Errorf("ledger counts %d records, %d were sent", got, sent)
+			}
+		})
+	}
+}
+
+// TestNSIDTooLongIsNotSent: an NSID longer than an option can carry must
+// not overflow its length field; the configuration rejects it, and the
+// server, given one anyway, leaves it out on both paths.
+func TestNSIDTooLongIsNotSent(t *testing.T) {
+	base := testState(t)
+	opts := base.Options
+	opts.NSID = strings.Repeat("n", 70000)
+	fast := NewHandler(NewState(base.Zones, opts), testLogger(t))
+	slow := NewHandler(&State{Zones: base.Zones, Options: opts}, testLogger(t))
+	for _, h := range []*Handler{fast, slow} {
+		r := serveMsg(t, h, query("example.org.", dns.TypeA, withOption(&dns.EDNS0_NSID{Code: dns.EDNS0NSID})), true)
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || nsid(r.IsEdns0()) != "" {
+			t.Errorf("fast %v: %v", h == fast, r)
+		}
+	}
 }
