@@ -65,6 +65,9 @@ func prepare(st *State) *prepared {
 			slices.Sort(qtypes)
 			var answers []preparedAnswer
 			for _, qt := range slices.Compact(qtypes) {
+				if qt == dns.TypeTXT && name == statusLabel+z.Origin {
+					continue // the status records, for allowed clients (statusTXT)
+				}
 				a, ok := prepareOne(st, z, buf, name, qt, n)
 				if ok {
 					a.zone = z.Origin

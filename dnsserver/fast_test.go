@@ -223,3 +223,89 @@ var (
 	longChain   = strings.Repeat("s", 20) + ".farm.example."
 	longerChain = strings.Repeat("q", 63) + "." + strings.Repeat("r", 20) + ".farm.example."
 )
+
+// TestFastPathEqualsSlowPathPools sends pool questions (addresses, shards,
+// SRV, the SRV targets' names, _status, chains into pools, static records
+// beside them) to a handler with ready-made replies and to one without,
+// in lockstep, so that both pools see the same questions in the same order.
+// Round robin and an unjittered TTL make each choice depend on that order
+// alone, and every asker is new, so the replies must be the same to the
+// octet: records, their order, TTLs, counts, flags, OPT.
+func TestFastPathEqualsSlowPathPools(t *testing.T) {
+	critical := farmServices()
+	for i := range critical["ws"] {
+		critical["ws"][i].Health = health.HealthCritical
+		critical["ws"][i].Load.Connections = int64(100 + 10*i) // fail-open ranks them, without ties
+	}
+	names := []string{"farm.example.", "FaRm.Example.", "lb.farm.example.", "_ws._tcp.farm.example.", "_WS._tcp.farm.example.",
+		"n1.nodes.farm.example.", "N6.nodes.farm.example.", "n9.nodes.farm.example.", "x.n1.nodes.farm.example.", "nodes.farm.example.",
+		"_status.farm.example.", "_STATUS.farm.example.", "www.farm.example.", "chain.farm.example.", "mail.farm.example.",
+		"nothere.farm.example.", longPool, longChain, longerChain}
+	types := []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeSRV, dns.TypeTXT, dns.TypeMX, dns.TypeANY, dns.TypeSOA, dns.TypeNS}
+	variants := map[string]func(*dns.Msg){
+		"edns": func(*dns.Msg) {}, "noedns": noEDNS, "do": withDO, "rd": withRD, "nsid": withOption(optionVariants()["nsid"]),
+		"small nsid": func(m *dns.Msg) { small(m); withOption(optionVariants()["nsid"])(m) },
+		"cookie":     withOption(optionVariants()["cookie"]), "bad ecs": withOption(optionVariants()["ecs family 256"]),
+	}
+	for _, c := range []struct {
+		name     string
+		onEmpty  policy.OnEmpty
+		services map[string][]health.Target
+	}{
+		{"answers", policy.EmptyFailOpen, farmServices()},
+		{"fail-open", policy.EmptyFailOpen, critical},
+		{"nodata", policy.EmptyNoData, critical},
+		{"servfail", policy.EmptyServFail, critical},
+		{"no snapshot yet", policy.EmptyFailOpen, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			edit := func(p *policy.Config) {
+				p.Policy, p.Answers, p.OnEmpty = policy.RoundRobin, 3, c.onEmpty
+				p.TTL, p.TTLJitter = 7*time.Second, 0
+			}
+			opts := Options{NSID: strings.Repeat("n", MaxNSID)}
+			fast, slow := farm(t, opts, edit, c.services, true), farm(t, opts, edit, c.services, false)
+			i, fastPool := 0, 0
+			for _, name := range names {
+				for _, qt := range types {
+					for vname, v := range variants {
+						for _, tcp := range []bool{false, true} {
+							i++
+							// Every asker new; odd ones may not see _status.
+							remote := netip.AddrFrom4([4]byte{127, byte(i >> 8), byte(i), 1})
+							if i%2 == 1 {
+								remote = netip.AddrFrom4([4]byte{198, byte(i >> 8), byte(i), 1})
+							}
+							wire := mustPack(t, query(name, qt, v))
+							f, fi := respondMsg(t, fast, wire, tcp, remote)
+							s, _ := respondMsg(t, slow, wire, tcp, remote)
+							if fs, ss := strings.ToLower(f.String()), strings.ToLower(s.String()); fs != ss {
+								t.Fatalf("%s %s %s tcp=%v from %v:\nfast:\n%s\nslow:\n%s", name, dns.Type(qt), vname, tcp, remote, fs, ss)
+							}
+							if fi.fast && len(addrs(f)) > 0 {
+								fastPool++
+							}
+						}
+					}
+				}
+			}
+			if c.name == "answers" && fastPool == 0 {
+				t.Error("no pool answer came from the fast path")
+			}
+			t.Logf("%d questions, %d pool answers from the fast path", i, fastPool)
+		})
+	}
+}
+
+// respondMsg runs wire through h and returns the reply, and what the
+// handler says of it.
+func respondMsg(t *testing.T, h *Handler, wire []byte, tcp bool, remote netip.Addr) (*dns.Msg, replyInfo) {
+	t.Helper()
+	var rec recorder
+	out, info := h.respond(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: remote})
+	r := new(dns.Msg)
+	if err := r.Unpack(out); err != nil {
+		t.Fatalf("reply does not parse: %v", err)
+	}
+	return r, info
+}
