@@ -193,7 +193,9 @@ func farm(t testing.TB, opts Options, edit func(*policy.Config), services map[st
 	if opts.MaxUDPSize == 0 {
 		opts.MaxUDPSize = DefaultMaxUDPSize
 	}
-	opts.StatusFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	if opts.StatusFrom == nil {
+		opts.StatusFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	}
 	st := NewState(set, opts,
 		PoolSpec{Name: "farm.example.", Zone: "farm.example.", Service: "ws", Policy: nodes},
 		PoolSpec{Name: "lb.farm.example.", Zone: "farm.example.", Service: "ws", LBService: "ws-lb", Policy: shards})

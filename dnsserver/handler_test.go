@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -207,38 +208,92 @@ func TestTransferAllowed(t *testing.T) {
 	}
 }
 
+// FuzzServe sends whatever it is given to the example zone and to a farm
+// of pools (addresses, shards, SRV, target names, _status, chains), each
+// served twice: with the fast path and without. Nothing may panic, every
+// reply must parse, carry the query's ID and fit its transport, and the two
+// paths must give the same reply. The farm's handlers answer in lockstep,
+// with round robin, no TTL jitter and a new asker each time, so that their
+// choices depend only on the order of the questions; a third farm handler,
+// with the default policy, is only checked for sanity.
 func FuzzServe(f *testing.F) {
+	ecs := optionVariants()
 	for _, q := range []*dns.Msg{query("www.example.org.", dns.TypeA), query("x.wild.example.org.", dns.TypeTXT, withDO),
-		query("big.example.org.", dns.TypeTXT, noEDNS), query("version.bind.", dns.TypeTXT, withClass(dns.ClassCHAOS))} {
+		query("big.example.org.", dns.TypeTXT, noEDNS), query("version.bind.", dns.TypeTXT, withClass(dns.ClassCHAOS)),
+		query("example.org.", dns.TypeA, withOption(ecs["ecs family 256"])),
+		query("farm.example.", dns.TypeA), query("FARM.example.", dns.TypeAAAA, noEDNS), query("lb.farm.example.", dns.TypeA),
+		query("_ws._tcp.farm.example.", dns.TypeSRV), query("n1.nodes.farm.example.", dns.TypeA),
+		query("n6.nodes.farm.example.", dns.TypeAAAA, withDO), query("n9.nodes.farm.example.", dns.TypeTXT),
+		query("_status.farm.example.", dns.TypeTXT), query("www.farm.example.", dns.TypeA, small),
+		query(longChain, dns.TypeA, small, withOption(ecs["nsid"])), query(longPool, dns.TypeAAAA, withOption(ecs["cookie"])),
+		query("farm.example.", dns.TypeA, withOption(ecs["ecs"]), withOption(ecs["nsid"])),
+		query("farm.example.", dns.TypeA, withOption(ecs["ecs family 256"])),
+		query("_ws._tcp.farm.example.", dns.TypeSRV, withOption(ecs["ecs bad netmask"])),
+		query("farm.example.", dns.TypeAAAA, withOption(ecs["keepalive bad length"])),
+	} {
 		b, _ := q.Pack()
 		f.Add(b, false)
-	}
-	for _, q := range []*dns.Msg{query("farm.example.", dns.TypeA), query("_ws._tcp.farm.example.", dns.TypeSRV),
-		query("n1.nodes.farm.example.", dns.TypeAAAA), query("_status.farm.example.", dns.TypeTXT)} {
-		b, _ := q.Pack()
 		f.Add(b, true)
 	}
-	// The example zone, and a farm with pools fed by targets.
-	static, farm := NewHandler(testState(f), testLogger(f)), farmHandler(f, policy.EmptyFailOpen, farmServices())
+	st := testState(f)
+	static, staticSlow := NewHandler(st, testLogger(f)), NewHandler(&State{Zones: st.Zones, Options: st.Options}, testLogger(f))
+	lockstep := func(p *policy.Config) { p.Policy, p.TTLJitter = policy.RoundRobin, 0 }
+	opts := Options{NSID: "ns-fuzz", StatusFrom: []netip.Prefix{netip.MustParsePrefix("fd00::/16")}}
+	farmFast, farmSlow := farm(f, opts, lockstep, farmServices(), true), farm(f, opts, lockstep, farmServices(), false)
+	farmDefault := farm(f, opts, nil, farmServices(), true)
+	var askers atomic.Uint32
 	f.Fuzz(func(t *testing.T, wire []byte, tcp bool) {
-		h := static
-		if len(wire) > 0 && wire[len(wire)-1]&1 == 1 {
-			h = farm
+		// Every asker in a /56 of its own; one in four may see _status.
+		a := askers.Add(1)
+		b := [16]byte{0x20, 0x01, 0, byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}
+		if a%4 == 0 {
+			b[0], b[1] = 0xfd, 0
 		}
-		var rec recorder
-		h.serve(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: netip.MustParseAddr("127.0.0.1")})
-		if h.Panics() != 0 {
-			t.Fatal("the handler panicked")
-		}
-		for _, r := range rec.msgs {
-			if len(r) < headerLen || binary.BigEndian.Uint16(r) != binary.BigEndian.Uint16(wire) {
-				t.Fatalf("reply does not carry the query ID")
+		remote := netip.AddrFrom16(b)
+		for _, pair := range [][2]*Handler{{static, staticSlow}, {farmFast, farmSlow}, {farmDefault, nil}} {
+			fast := fuzzServe(t, pair[0], wire, tcp, remote)
+			if pair[1] == nil {
+				continue
 			}
-			if !tcp && len(r) > DefaultMaxUDPSize {
-				t.Fatalf("UDP reply of %d octets", len(r))
+			slow := fuzzServe(t, pair[1], wire, tcp, remote)
+			if (fast == nil) != (slow == nil) {
+				t.Fatalf("fast replied %v, slow %v", fast != nil, slow != nil)
+			}
+			if fast == nil {
+				continue
+			}
+			if fs, ss := strings.ToLower(fast.String()), strings.ToLower(slow.String()); fs != ss {
+				t.Fatalf("fast:\n%s\nslow:\n%s", fs, ss)
 			}
 		}
 	})
+}
+
+// fuzzServe runs wire through h, checks the reply, and returns it parsed.
+func fuzzServe(t *testing.T, h *Handler, wire []byte, tcp bool, remote netip.Addr) *dns.Msg {
+	t.Helper()
+	var rec recorder
+	h.serve(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: remote})
+	if h.Panics() != 0 {
+		t.Fatal("the handler panicked")
+	}
+	if len(rec.msgs) > 1 && !tcp {
+		t.Fatalf("%d replies over UDP", len(rec.msgs))
+	}
+	var r *dns.Msg
+	for _, out := range rec.msgs {
+		if len(out) < headerLen || binary.BigEndian.Uint16(out) != binary.BigEndian.Uint16(wire) || out[2]&0x80 == 0 {
+			t.Fatalf("reply is not a response with the query's ID")
+		}
+		if !tcp && len(out) > DefaultMaxUDPSize {
+			t.Fatalf("UDP reply of %d octets", len(out))
+		}
+		r = new(dns.Msg)
+		if err := r.Unpack(out); err != nil {
+			t.Fatalf("reply does not parse: %v", err)
+		}
+	}
+	return r
 }
 
 // ledgerTotal is how many records the pools' ledgers have counted.
