@@ -370,3 +370,44 @@ func TestNSIDTooLongIsNotSent(t *testing.T) {
 		}
 	}
 }
+
+// statusText returns the _status records' text, one line per record.
+func statusText(r *dns.Msg) []string {
+	var lines []string
+	for _, rr := range r.Answer {
+		if txt, ok := rr.(*dns.TXT); ok {
+			lines = append(lines, strings.Join(txt.Txt, ""))
+		}
+	}
+	return lines
+}
+
+// TestStatusTXTLongAndMany: a line longer than a TXT string (255 octets)
+// is split over several strings of its record, and a farm too big for one
+// reply gets as many lines as fit and a last one saying where the rest is.
+func TestStatusTXTLongAndMany(t *testing.T) {
+	services := farmServices()
+	long, odd := strings.Repeat("n", 300), `back\slash"quote`
+	services["ws"] = append(services["ws"], target(long, "192.0.2.98", 1, nil), target(odd, "192.0.2.99", 1, nil))
+	r := serveMsg(t, farm(t, Options{}, nil, services, true), query("_status.farm.example.", dns.TypeTXT), true)
+	text := strings.Join(statusText(r), "\n")
+	escaped := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(odd) // as miekg/dns unpacks a string
+	if r.Rcode != dns.RcodeSuccess || !strings.Contains(text, "node="+long+"/ws-"+long+" addr=192.0.2.98") || !strings.Contains(text, "node="+escaped+"/ws-"+escaped+" ") {
+		t.Errorf("long and odd node names: %s\n%s", dns.RcodeToString[r.Rcode], text)
+	}
+
+	for i := range 3000 {
+		services["ws"] = append(services["ws"], target(fmt.Sprintf("node-%04d-%s", i, strings.Repeat("x", 40)), fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), 1, nil))
+	}
+	r = serveMsg(t, farm(t, Options{}, nil, services, true), query("_status.farm.example.", dns.TypeTXT), true)
+	lines := statusText(r)
+	if r.Rcode != dns.RcodeSuccess || len(lines) < 100 {
+		t.Fatalf("big farm: %s, %d lines", dns.RcodeToString[r.Rcode], len(lines))
+	}
+	if last := lines[len(lines)-1]; !strings.Contains(last, "more lines") || !strings.Contains(last, "/status") {
+		t.Errorf("big farm: the last line does not say where the rest is: %q", last)
+	}
+	if r := serveMsg(t, farm(t, Options{}, nil, services, true), query("_status.farm.example.", dns.TypeTXT), false); !r.Truncated {
+		t.Error("big farm over UDP: not truncated")
+	}
+}
