@@ -217,6 +217,11 @@ func (c *Config) validate() error {
 			bad(fmt.Sprintf("dns.listen[%d]", i), "%q is not host:port", addr)
 		}
 	}
+	if n := len(*c.DNS.NSID); n > dnsserver.MaxNSID {
+		// An identifier needs no more; a longer one would crowd the answers
+		// out of small replies, or overflow its option.
+		bad("dns.nsid", "%d octets, longer than %d", n, dnsserver.MaxNSID)
+	}
 	if c.DNS.MaxUDPSize < dns.MinMsgSize || c.DNS.MaxUDPSize > dns.MaxMsgSize {
 		bad("dns.max_udp_size", "%d is not between 512 and 65535", c.DNS.MaxUDPSize)
 	}
