@@ -86,10 +86,9 @@ func answerIn(st *State, q *dns.Msg, req request) (*dns.Msg, int) {
 		case res.Label != "":
 			answerSRVTarget(r, st, z, res, question.Qtype)
 		case question.Qtype == dns.TypeSRV:
-			dynamic = answerSRV(r, st, z, res, req.remote)
+			dynamic = answerSRV(r, st, z, res, req.remote, room(q, r, opt, req.tcp, st))
 		default:
-			room := limit(q, req.tcp, st.Options.MaxUDPSize) - lenWithOPT(r, opt, st)
-			dynamic = answerPool(r, st, z, res, question.Qtype, req.remote, room)
+			dynamic = answerPool(r, st, z, res, question.Qtype, req.remote, room(q, r, opt, req.tcp, st))
 		}
 	}
 	return withOPT(r, opt, st), dynamic
@@ -140,6 +139,11 @@ func addressRRLen(qtype uint16) int {
 		return 2 + 10 + net.IPv6len
 	}
 	return 2 + 10 + net.IPv4len
+}
+
+// room is how many octets the reply r to q has left for a pool's records.
+func room(q, r *dns.Msg, opt *dns.OPT, tcp bool, st *State) int {
+	return limit(q, tcp, st.Options.MaxUDPSize) - lenWithOPT(r, opt, st)
 }
 
 // lenWithOPT is the length of r once withOPT has added our OPT record.

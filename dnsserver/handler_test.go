@@ -411,3 +411,42 @@ func TestStatusTXTLongAndMany(t *testing.T) {
 		t.Error("big farm over UDP: not truncated")
 	}
 }
+
+// TestLedgerCountsSRVSent: an SRV answer cut to fit a small reply must not
+// count the SRV records it left out.
+func TestLedgerCountsSRVSent(t *testing.T) {
+	services := farmServices()
+	for i := range 6 {
+		services["ws"] = append(services["ws"], target(fmt.Sprintf("m%d", i), fmt.Sprintf("192.0.2.%d", 30+i), 100, nil))
+	}
+	eight := func(c *policy.Config) { c.Answers = 8 }
+	for _, tt := range []struct {
+		name string
+		q    *dns.Msg
+		tcp  bool
+	}{
+		{"no EDNS", query("_ws._tcp.farm.example.", dns.TypeSRV, noEDNS), false},
+		{"512", query("_ws._tcp.farm.example.", dns.TypeSRV), false},
+		{"TCP", query("_ws._tcp.farm.example.", dns.TypeSRV), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := farm(t, Options{MaxUDPSize: 512}, eight, services, true)
+			sent := 0
+			for i := range 20 {
+				var rec recorder
+				h.serve(&rec, make([]byte, 65535), request{wire: mustPack(t, tt.q), tcp: tt.tcp, remote: netip.AddrFrom4([4]byte{198, 51, byte(i), 1})})
+				r := new(dns.Msg)
+				if len(rec.msgs) != 1 || r.Unpack(rec.msgs[0]) != nil {
+					t.Fatalf("%d replies", len(rec.msgs))
+				}
+				if len(r.Answer) == 0 {
+					t.Fatalf("no SRV record: %v", r)
+				}
+				sent += len(r.Answer)
+			}
+			if got := ledgerTotal(h); got != uint64(sent) {
+				t.Errorf("ledger counts %d records, %d SRV records were sent", got, sent)
+			}
+		})
+	}
+}
