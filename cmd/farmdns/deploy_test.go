@@ -43,22 +43,26 @@ type deployMetric struct {
 
 // deployContract lists every metric farmdns and farmdns-agent export, as agreed
 // with the code that implements them. Rules and dashboards may use these, and
-// nothing else of farmdns.
+// nothing else of farmdns; a live scrape that exports a farmdns metric not
+// listed here fails checkMetricsContract.
 var deployContract = map[string]deployMetric{
 	"farmdns_dns_requests_total":           {"counter", []string{"zone", "proto", "qtype", "rcode"}},
 	"farmdns_dns_request_duration_seconds": {"histogram", []string{"proto"}},
 	"farmdns_dns_truncated_total":          {"counter", []string{"proto"}},
 	"farmdns_dns_panics_total":             {"counter", nil},
 
-	"farmdns_pool_answers_total": {"counter", []string{"pool", "target"}},
-	"farmdns_pool_targets":       {"gauge", []string{"pool", "state"}},
-	"farmdns_target_connections": {"gauge", []string{"pool", "target"}},
-	"farmdns_target_capacity":    {"gauge", []string{"pool", "target"}},
+	"farmdns_pool_answers_total":  {"counter", []string{"pool", "target"}},
+	"farmdns_pool_targets":        {"gauge", []string{"pool", "state"}},
+	"farmdns_pool_outcomes_total": {"counter", []string{"pool", "outcome"}},
+	"farmdns_target_connections":  {"gauge", []string{"pool", "target"}},
+	"farmdns_target_capacity":     {"gauge", []string{"pool", "target"}},
 
 	"farmdns_consul_last_sync_timestamp_seconds": {"gauge", []string{"dataset"}},
 	"farmdns_consul_sync_errors_total":           {"counter", []string{"dataset"}},
 	"farmdns_consul_propagation_lag_seconds":     {"histogram", nil},
 	"farmdns_consul_ready":                       {"gauge", nil},
+	"farmdns_consul_malformed_values_total":      {"counter", nil},
+	"farmdns_consul_snapshots_total":             {"counter", nil},
 
 	"farmdns_config_last_reload_successful":        {"gauge", nil},
 	"farmdns_config_last_reload_timestamp_seconds": {"gauge", nil},
