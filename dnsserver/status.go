@@ -150,12 +150,26 @@ func (h *Handler) statusTXT(st *State, q dns.Question, client netip.Addr) ([]dns
 	return rrs, true
 }
 
+// allowed reports whether client a is in one of the prefixes from. An IPv4
+// address written IPv4-mapped (::ffff:192.0.2.1) is the same address: a
+// client arrives that way on a dual-stack socket, and an operator may write
+// an entry that way, so both sides are compared as IPv4.
 func allowed(from []netip.Prefix, a netip.Addr) bool {
 	a = a.Unmap()
 	for _, p := range from {
-		if p.Contains(a) {
+		if unmapPrefix(p).Contains(a) {
 			return true
 		}
 	}
 	return false
+}
+
+// unmapPrefix turns an IPv4-mapped prefix (::ffff:192.0.2.0/120) into the
+// IPv4 prefix it covers (192.0.2.0/24); any other prefix is returned as is.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	p = p.Masked()
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p
 }

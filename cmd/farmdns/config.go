@@ -16,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 	"gopkg.in/yaml.v3"
 
+	"github.com/farmdns/farmdns/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/policy"
@@ -61,6 +62,13 @@ type DNSConfig struct {
 // HTTPConfig is the `http:` block.
 type HTTPConfig struct {
 	Listen string `yaml:"listen"`
+	// TokenFile holds a bearer token that lets a request change state
+	// (POST /debug/querylog) from anywhere; without it only local requests
+	// with the admin header may. Read at start and on every reload.
+	TokenFile string `yaml:"token_file"`
+
+	token       adminhttp.Token // read from TokenFile; never printed
+	idleTimeout time.Duration   // adminhttp.IdleTimeout; tests shorten it
 }
 
 // LogConfig is the `log:` block.
@@ -78,6 +86,9 @@ type ConsulSection struct {
 	LoadPrefix          string        `yaml:"load_prefix"`
 	MaxReportAge        time.Duration `yaml:"max_report_age"`
 	MaxStaleness        time.Duration `yaml:"max_staleness"`
+	// StateFile keeps the last good catalog and loads for a start without
+	// Consul; relative to the config file's directory.
+	StateFile string `yaml:"state_file"`
 }
 
 // ZoneConfig is one entry of `zones:`.
@@ -163,7 +174,7 @@ func parseConfig(b []byte) (*Config, error) {
 
 func (c *Config) setDefaults() {
 	if len(c.DNS.Listen) == 0 {
-		c.DNS.Listen = []string{"127.0.0.1:5353"}
+		c.DNS.Listen = []string{"127.0.0.1:5380"}
 	}
 	if c.DNS.NSID == nil {
 		host, _ := os.Hostname()
@@ -187,6 +198,7 @@ func (c *Config) setDefaults() {
 	if c.HTTP.Listen == "" {
 		c.HTTP.Listen = "127.0.0.1:9153"
 	}
+	c.HTTP.idleTimeout = adminhttp.IdleTimeout
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -223,6 +235,13 @@ func (c *Config) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen", "%q is not host:port", c.HTTP.Listen)
+	}
+	if c.HTTP.TokenFile != "" {
+		tok, err := adminhttp.ReadToken(c.HTTP.TokenFile)
+		if err != nil {
+			bad("http.token_file", "%v", err)
+		}
+		c.HTTP.token = tok
 	}
 	if _, err := logLevel(c.Log.Level); err != nil {
 		bad("log.level", "%v", err)
@@ -291,6 +310,13 @@ func (c *Config) validate() error {
 				bad(key, "must be positive")
 			}
 		}
+		if f := c.stateFile(); f != "" {
+			if fi, err := os.Stat(filepath.Dir(f)); err != nil || !fi.IsDir() {
+				bad("consul.state_file", "directory of %s does not exist", f)
+			} else if fi, err := os.Stat(f); err == nil && !fi.Mode().IsRegular() {
+				bad("consul.state_file", "%s is not a regular file", f)
+			}
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -323,6 +349,8 @@ func (c *Config) watcherConfig() health.WatcherConfig {
 		MaxReportAge: c.Consul.MaxReportAge,
 		MaxStaleness: c.Consul.MaxStaleness,
 		AllowStale:   c.Consul.AllowStale,
+		StateFile:    c.stateFile(),
+		Datacenter:   c.Consul.Datacenter,
 	}
 	seen := map[string]bool{}
 	for _, z := range c.Zones {
@@ -363,6 +391,14 @@ func prefixes(list []string) []netip.Prefix {
 		out = append(out, p)
 	}
 	return out
+}
+
+// stateFile resolves consul.state_file against the config file's directory.
+func (c *Config) stateFile() string {
+	if c.Consul.StateFile == "" || filepath.IsAbs(c.Consul.StateFile) {
+		return c.Consul.StateFile
+	}
+	return filepath.Join(c.dir, c.Consul.StateFile)
 }
 
 // zoneFile resolves a zone file name against the config file's directory.

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -29,6 +30,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
 
 	"github.com/farmdns/farmdns/internal/testenv"
@@ -59,12 +61,15 @@ var deployContract = map[string]deployMetric{
 	"farmdns_target_connections":  {"gauge", []string{"pool", "target"}},
 	"farmdns_target_capacity":     {"gauge", []string{"pool", "target"}},
 
-	"farmdns_consul_last_sync_timestamp_seconds": {"gauge", []string{"dataset"}},
-	"farmdns_consul_sync_errors_total":           {"counter", []string{"dataset"}},
-	"farmdns_consul_propagation_lag_seconds":     {"histogram", nil},
-	"farmdns_consul_ready":                       {"gauge", nil},
-	"farmdns_consul_malformed_values_total":      {"counter", nil},
-	"farmdns_consul_snapshots_total":             {"counter", nil},
+	"farmdns_consul_last_sync_timestamp_seconds":       {"gauge", []string{"dataset"}},
+	"farmdns_consul_sync_errors_total":                 {"counter", []string{"dataset"}},
+	"farmdns_consul_propagation_lag_seconds":           {"histogram", nil},
+	"farmdns_consul_ready":                             {"gauge", nil},
+	"farmdns_consul_malformed_values_total":            {"counter", nil},
+	"farmdns_consul_snapshots_total":                   {"counter", nil},
+	"farmdns_consul_state_restored":                    {"gauge", nil},
+	"farmdns_consul_state_last_save_timestamp_seconds": {"gauge", nil},
+	"farmdns_consul_state_save_errors_total":           {"counter", nil},
 
 	"farmdns_config_last_reload_successful":        {"gauge", nil},
 	"farmdns_config_last_reload_timestamp_seconds": {"gauge", nil},
@@ -73,6 +78,13 @@ var deployContract = map[string]deployMetric{
 	"farmdns_agent_writes_total":                   {"counter", nil},
 	"farmdns_agent_write_errors_total":             {"counter", nil},
 	"farmdns_agent_last_success_timestamp_seconds": {"gauge", nil},
+}
+
+// deployConditional are contract metrics exported only with a setting on
+// (named here); a live scrape without it need not show them.
+var deployConditional = map[string]string{
+	"farmdns_consul_state_last_save_timestamp_seconds": "consul.state_file",
+	"farmdns_consul_state_save_errors_total":           "consul.state_file",
 }
 
 // deployTargetLabels are added to every series by the scrape.
@@ -875,6 +887,9 @@ func TestDeploySystemdUnits(t *testing.T) {
 		"ExecStart":               "/usr/local/bin/farmdns-agent -config /etc/farmdns/agent.yaml",
 		"KillSignal":              "SIGTERM",
 		"LoadCredential":          "consul-token:/etc/farmdns/agent.token",
+		// farmdns-agent's exitDrainedOnRequest: a drain asked over HTTP
+		// must not be undone by a restart that registers the node again.
+		"RestartPreventExitStatus": "10",
 	} {
 		if got := agent.last("Service", k); got != want {
 			t.Errorf("farmdns-agent.service: %s=%s, want %q", k, got, want)
@@ -1341,5 +1356,58 @@ func TestDeployParentZone(t *testing.T) {
 		if len(pGlue[ns]) == 0 || !slices.Equal(pGlue[ns], zGlue[ns]) {
 			t.Errorf("glue for %s: parent %v, zone %v", ns, pGlue[ns], zGlue[ns])
 		}
+	}
+}
+
+// deployDescRE reads a metric's name and labels from prometheus.Desc.String.
+var deployDescRE = regexp.MustCompile(`^Desc\{fqName: "([^"]*)", .*variableLabels: \{([^}]*)\}\}$`)
+
+// TestDeployContractListsEveryMetric holds every farmdns metric the server can
+// export, as its collectors describe them, to the contract: a live scrape
+// shows only what the running configuration exports (no state file, no state
+// file metrics), so a metric could otherwise be added undocumented.
+func TestDeployContractListsEveryMetric(t *testing.T) {
+	path := writeConfig(t, poolConfig("127.0.0.1:8500", "  state_file: consul-state\n", ""), goodZone)
+	cfg, st, err := load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	s := newServer(path, cfg, st, log)
+	w, _, err := newWatcher(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Those newServer registers that export farmdns metrics; the watcher's
+	// stands for watcherCollector, which describes nothing.
+	descs := make(chan *prometheus.Desc, 100)
+	go func() {
+		for _, c := range []prometheus.Collector{s.handler.Collector(), s.handler.PoolCollector(), s.reloadOK, s.reloadTime, w.Collector()} {
+			c.Describe(descs)
+		}
+		close(descs)
+	}()
+	seen := 0
+	for d := range descs {
+		m := deployDescRE.FindStringSubmatch(d.String())
+		if m == nil {
+			t.Errorf("cannot read %s", d)
+			continue
+		}
+		name, labels := m[1], strings.FieldsFunc(m[2], func(r rune) bool { return r == ',' })
+		seen++
+		want, ok := deployContract[name]
+		if !ok {
+			t.Errorf("%s: exported, but not in the contract (deployContract)", name)
+			continue
+		}
+		for _, l := range labels {
+			if !slices.Contains(want.labels, l) {
+				t.Errorf("%s: label %q is not in the contract", name, l)
+			}
+		}
+	}
+	if seen < 10 {
+		t.Errorf("only %d metrics described: the collectors above are not the server's", seen)
 	}
 }

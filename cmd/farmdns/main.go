@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/farmdns/farmdns/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/health"
 )
@@ -82,35 +83,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 // fails on whatever would fail to run: the zones and the state to serve, and
 // with pools the Consul client and watcher (built, not started).
 func load(path string) (*Config, *dnsserver.State, error) {
-	b, err := build(path, slog.New(slog.DiscardHandler))
+	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	return b.cfg, b.st, nil
-}
-
-// built is a configuration with everything it describes built and nothing
-// started.
-type built struct {
-	cfg      *Config
-	st       *dnsserver.State
-	watcher  *health.Watcher // nil without pools
-	watchKey string
-}
-
-// build reads the config at path and builds what it describes; the watcher
-// logs to log once started. Every problem is reported, not just the first.
-func build(path string, log *slog.Logger) (*built, error) {
-	cfg, err := loadConfig(path)
-	if err != nil {
-		return nil, err
-	}
 	st, stErr := buildState(cfg)
-	w, key, wErr := newWatcher(cfg, log)
+	// A silent check: the watcher that runs is built again, to log.
+	_, _, wErr := newWatcher(cfg, slog.New(slog.DiscardHandler))
 	if err := errors.Join(stErr, wErr); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &built{cfg: cfg, st: st, watcher: w, watchKey: key}, nil
+	return cfg, st, nil
 }
 
 func summary(st *dnsserver.State) string {
@@ -131,6 +114,7 @@ type server struct {
 	dns     *dnsserver.Server
 	web     *http.Server
 	webLn   net.Listener
+	guard   *adminhttp.Guard // in front of the HTTP requests that change state
 	reg     *prometheus.Registry
 
 	reloadOK   prometheus.Gauge
@@ -178,7 +162,8 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		h.Collector(), h.PoolCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
 	)
-	s.web = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.guard = adminhttp.NewGuard(cfg.HTTP.token, log)
+	s.web = adminhttp.NewServer(s.httpHandler(), cfg.HTTP.idleTimeout, log)
 	return s
 }
 
@@ -240,7 +225,21 @@ func (s *server) run(ctx context.Context) error {
 // its Consul watcher included; otherwise the running one keeps serving,
 // untouched.
 func (s *server) reload() error {
-	b, err := build(s.path, s.log)
+	cfg, st, err := load(s.path)
+	var (
+		w       *health.Watcher
+		key     string
+		replace bool
+	)
+	if err == nil {
+		// Other services, Consul settings or credentials, or a watcher
+		// that stopped: a new watcher, built before anything changes.
+		wt := s.watch.Load()
+		key = watchKey(cfg)
+		if replace = wt == nil || wt.key != key || !wt.running(); replace {
+			w, key, err = newWatcher(cfg, s.log)
+		}
+	}
 	if err != nil {
 		s.reloadOK.Set(0)
 		s.mu.Lock()
@@ -254,18 +253,18 @@ func (s *server) reload() error {
 	s.mu.Lock()
 	s.lastReload = reloadStatus{OK: true, At: time.Now()}
 	s.mu.Unlock()
-	cfg, old := b.cfg, s.cfg.Load()
+	old := s.cfg.Load()
 	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(old.DNS.Listen, ",") || cfg.HTTP.Listen != old.HTTP.Listen {
 		s.log.Warn("listen addresses changed; they take effect on restart")
 	}
-	if wt := s.watch.Load(); wt == nil || wt.key != b.watchKey || !wt.running() {
-		// Other services, Consul settings or credentials, or a watcher
-		// that stopped: the new watcher starts, then the old one stops.
-		s.startWatch(b.watcher, b.watchKey)
+	if replace {
+		// The new watcher starts, then the old one stops.
+		s.startWatch(w, key)
 	}
 	s.cfg.Store(cfg)
-	s.handler.Swap(b.st)
-	s.log.Info("reloaded", "zones", summary(b.st))
+	s.guard.SetToken(cfg.HTTP.token)
+	s.handler.Swap(st)
+	s.log.Info("reloaded", "zones", summary(st))
 	return nil
 }
 
@@ -279,23 +278,30 @@ func (s *server) toggleQueryLog() {
 	s.log.Info("query log", "on", every > 0, "one_in", every)
 }
 
-// queryLogHTTP shows (GET) or sets (POST every=N, 0 for off) the query log.
-func (s *server) queryLogHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost {
-		every, err := strconv.ParseUint(r.FormValue("every"), 10, 32)
-		if err != nil {
-			http.Error(w, "every: want a whole number, 0 for off", http.StatusBadRequest)
-			return
-		}
-		s.handler.SetQueryLog(uint32(every))
-		s.log.Info("query log", "on", every > 0, "one_in", every)
-	}
+// queryLogGet shows the query log's sampling: one query in N, 0 for off.
+func (s *server) queryLogGet(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "every %d\n", s.handler.QueryLog())
+}
+
+// queryLogSet sets the query log's sampling (every=N, 0 for off). It sits
+// behind the guard: query logs fill disks and show who asks what.
+func (s *server) queryLogSet(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	every, err := strconv.ParseUint(r.FormValue("every"), 10, 32)
+	if err != nil {
+		http.Error(w, "every: want a whole number, 0 for off", http.StatusBadRequest)
+		return
+	}
+	s.handler.SetQueryLog(uint32(every))
+	s.log.Info("query log", "on", every > 0, "one_in", every)
+	s.queryLogGet(w, r)
 }
 
 func (s *server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/querylog", s.queryLogHTTP)
+	// Only requests that change state are guarded; the rest are read-only.
+	mux.HandleFunc("GET /debug/querylog", s.queryLogGet)
+	mux.Handle("POST /debug/querylog", s.guard.Protect(http.HandlerFunc(s.queryLogSet)))
 	mux.HandleFunc("GET /status", s.statusHTML)
 	mux.HandleFunc("GET /status.json", s.statusJSON)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)}))

@@ -108,6 +108,9 @@ func (s *server) startWatch(w *health.Watcher, key string) {
 	if old != nil {
 		old.stop()
 	}
+	// Serve the first snapshot (from the state file, if any) before the
+	// first query can arrive.
+	s.handler.UpdatePools(w.Snapshot())
 	go func() {
 		defer close(wt.done)
 		defer func() { cancel(); <-ran }()
@@ -127,7 +130,7 @@ func (s *server) startWatch(w *health.Watcher, key string) {
 
 func (s *server) stopWatch() { s.startWatch(nil, "") }
 
-// watcher returns the current Consul watcher, nil without pools.
+// currentWatcher returns the current Consul watcher, nil without pools.
 func (s *server) currentWatcher() *health.Watcher {
 	if wt := s.watch.Load(); wt != nil {
 		return wt.w
