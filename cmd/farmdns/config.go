@@ -283,6 +283,14 @@ func (c *Config) validate() error {
 			if p.Service == "" {
 				bad(pkey+".service", "missing")
 			}
+			for _, svc := range []struct{ key, name string }{{".service", p.Service}, {".lb_service", p.LBService}} {
+				if svc.name == "" {
+					continue // missing or not needed: said above and below
+				}
+				if err := health.CheckServiceName(svc.name); err != nil {
+					bad(pkey+svc.key, "%v", err)
+				}
+			}
 			pc := p.policyConfig()
 			if err := pc.Validate(); err != nil {
 				bad(pkey, "%v", err)
@@ -298,6 +306,9 @@ func (c *Config) validate() error {
 	if c.hasPools() {
 		if err := c.Consul.Validate(); err != nil {
 			errs = append(errs, err)
+		}
+		if err := health.CheckLoadPrefix(c.Consul.LoadPrefix); err != nil {
+			bad("consul.load_prefix", "%v", err)
 		}
 		for key, d := range map[string]time.Duration{"consul.max_report_age": c.Consul.MaxReportAge, "consul.max_staleness": c.Consul.MaxStaleness} {
 			if d < 0 {

@@ -346,7 +346,7 @@ func TestExamplesAvoidMDNSPort(t *testing.T) {
 // files in a tree that is not a git checkout (a tarball, a CI copy), and
 // passes a clean one. GO=true stands in for go vet.
 func TestMakeCheckFormatting(t *testing.T) {
-	makeBin := requireTool(t, "make", true)
+	makeBin := requireTool(t, "make")
 	mk, err := os.ReadFile("../../Makefile")
 	if err != nil {
 		t.Fatal(err)

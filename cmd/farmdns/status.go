@@ -153,12 +153,12 @@ func (r *recentAnswers) shares(pools []dnsserver.PoolStatus, now time.Time) []po
 
 func (s *server) status() status {
 	now := time.Now()
-	st := status{Now: now, Instance: *s.cfg.DNS.NSID}
+	st := status{Now: now, Instance: *s.cfg.Load().DNS.NSID}
 	for _, z := range s.handler.State().Zones.Zones() {
 		st.Zones = append(st.Zones, zoneStatus{Origin: z.Origin, File: z.File, Records: z.Records(), Serial: z.SOA().Serial})
 	}
 	st.Pools = s.recent.shares(s.handler.PoolsStatus(now), now)
-	if w := s.watcher.Load(); w != nil {
+	if w := s.currentWatcher(); w != nil {
 		ws := w.Status()
 		ready, why := ws.Ready(now)
 		st.Consul = &consulStatus{Ready: ready, Why: why, ServingSaved: ws.ServingSaved(), Restored: ws.Restored}
