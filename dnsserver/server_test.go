@@ -11,7 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/farmdns/farmdns/internal/testenv"
+	"github.com/farmdns/farmdns/health/consultest"
 	"github.com/farmdns/farmdns/zones"
 )
 
@@ -80,7 +80,7 @@ func exchange(t testing.TB, network, addr string, m *dns.Msg) *dns.Msg {
 }
 
 // requireTool finds an external program the test needs. Outside CI a missing
-// tool skips the test; in CI it fails it (testenv.Skipf), so a broken install
+// tool skips the test; in CI it fails it (consultest.Skipf), so a broken install
 // never passes as green.
 func requireTool(t testing.TB, name string, dirs ...string) string {
 	t.Helper()
@@ -92,7 +92,7 @@ func requireTool(t testing.TB, name string, dirs ...string) string {
 			return p
 		}
 	}
-	testenv.Skipf(t, "%s is not installed (make test-deps installs it)", name)
+	consultest.Skipf(t, "%s is not installed (make test-deps installs it)", name)
 	return ""
 }
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/farmdns/farmdns/internal/testenv"
+	"github.com/farmdns/farmdns/health/consultest"
 )
 
 func writeTCP(t *testing.T, c net.Conn, msgs ...*dns.Msg) {
@@ -161,7 +161,7 @@ func TestShutdownAnswersQueryInHand(t *testing.T) {
 func TestIPv6Loopback(t *testing.T) {
 	srv := &Server{Handler: NewHandler(testState(t), testLogger(t)), Addrs: []string{"[::1]:0"}}
 	if err := srv.Start(context.Background()); err != nil {
-		testenv.Skipf(t, "no IPv6 loopback here: %v", err)
+		consultest.Skipf(t, "no IPv6 loopback here: %v", err)
 	}
 	defer srv.Shutdown(context.Background())
 	addr := srv.BoundAddrs()[0].String()

@@ -33,7 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
 
-	"github.com/farmdns/farmdns/internal/testenv"
+	"github.com/farmdns/farmdns/health/consultest"
 )
 
 const deployDir = "../../deploy"
@@ -422,7 +422,7 @@ func requireTool(t *testing.T, name string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
-		testenv.Skipf(t, "%s is missing: %v", name, err)
+		consultest.Skipf(t, "%s is missing: %v", name, err)
 	}
 	return path
 }
@@ -939,7 +939,7 @@ func TestDeploySystemdUnits(t *testing.T) {
 
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		testenv.Skipf(t, "systemd-analyze is missing (apt-get install systemd): %v", err)
+		consultest.Skipf(t, "systemd-analyze is missing (apt-get install systemd): %v", err)
 	}
 	// verify insists that the binaries exist: point the units at this test binary.
 	self, err := os.Executable()
@@ -1087,7 +1087,7 @@ func deployConsulBinary(t *testing.T) string {
 		bin = filepath.Join(cache, "consul-1.20.6/consul")
 	}
 	if st, err := os.Stat(bin); err != nil || st.Mode()&0o111 == 0 {
-		testenv.Skipf(t, "no Consul binary at %s (.ci/consul.sh builds it)", bin)
+		consultest.Skipf(t, "no Consul binary at %s (.ci/consul.sh builds it)", bin)
 	}
 	return bin
 }

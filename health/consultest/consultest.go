@@ -24,8 +24,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-
-	"github.com/farmdns/farmdns/internal/testenv"
 )
 
 // StartTimeout bounds how long Start and Restart wait for the agent to elect
@@ -76,7 +74,7 @@ func Start(t testing.TB, opts ...Option) *Agent {
 	}
 	bin, err := Binary()
 	if err != nil {
-		testenv.Skipf(t, "consultest: no Consul binary: %v", err)
+		Skipf(t, "consultest: no Consul binary: %v", err)
 	}
 	dir := t.TempDir()
 	a := &Agent{t: t, bin: bin, dir: dir, logPath: filepath.Join(dir, "consul.log")}

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/farmdns/farmdns/internal/testenv"
+	"github.com/farmdns/farmdns/health/consultest"
 )
 
 // server is a loopback listener that keeps every accepted connection so the
@@ -19,7 +19,7 @@ func listen(t testing.TB, network, addr string) *server {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
-		testenv.Skipf(t, "listen %s %s: %v", network, addr, err)
+		consultest.Skipf(t, "listen %s %s: %v", network, addr, err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	return &server{ln: ln, port: uint16(ln.Addr().(*net.TCPAddr).Port)}
@@ -75,7 +75,7 @@ func newNetlinkCounter(t testing.TB, kernelFilter bool, ports ...uint16) *Counte
 		err = src.each(func(uint64) {})
 	}
 	if err != nil {
-		testenv.Skipf(t, "netlink sock_diag unavailable: %v", err)
+		consultest.Skipf(t, "netlink sock_diag unavailable: %v", err)
 	}
 	c := &Counter{method: Netlink, src: src}
 	t.Cleanup(func() { c.Close() })

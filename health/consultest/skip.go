@@ -1,8 +1,9 @@
-// Package testenv decides what a test does when something it needs from the
-// machine is missing (a tool, a Consul binary, IPv6 loopback): outside CI it
-// skips, and under CI=true it fails, so that a CI run never passes by not
-// running what it was meant to run.
-package testenv
+package consultest
+
+// What a test does when something real it needs from the machine is missing
+// (a tool, the Consul binary, IPv6 loopback): outside CI it skips, and under
+// CI=true it fails, so that a CI run never passes by not running what it was
+// meant to run.
 
 import (
 	"os"

@@ -1,4 +1,4 @@
-package testenv
+package consultest
 
 import (
 	"os"
@@ -10,7 +10,7 @@ import (
 // TestSkipf runs a test that calls Skipf in a child process, with and
 // without CI=true, and reads its verdict.
 func TestSkipf(t *testing.T) {
-	if os.Getenv("TESTENV_CHILD") == "1" {
+	if os.Getenv("CONSULTEST_SKIP_CHILD") == "1" {
 		Skipf(t, "child %s", "skips")
 		return
 	}
@@ -24,7 +24,7 @@ func TestSkipf(t *testing.T) {
 		{"true", true, "a skip is a failure in CI: child skips"},
 	} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestSkipf$", "-test.v")
-		cmd.Env = append(os.Environ(), "TESTENV_CHILD=1", "CI="+tc.ci)
+		cmd.Env = append(os.Environ(), "CONSULTEST_SKIP_CHILD=1", "CI="+tc.ci)
 		out, err := cmd.CombinedOutput()
 		if failed := err != nil; failed != tc.fail {
 			t.Errorf("CI=%q: failed %v, want %v:\n%s", tc.ci, failed, tc.fail, out)
