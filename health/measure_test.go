@@ -27,8 +27,10 @@ import (
 // TestFigurePropagationLatency measures the time from a Consul write (a
 // health check update or a KV load put) to the snapshot that shows it, and
 // checks the figure README.md and MEASURED.md quote (p50 1.3 ms, p99 7.4 ms
-// over 200 changes) with bounds ten times looser, for a busy CI machine and
-// the race detector. It runs 60 changes by default and 200 with
+// over 200 changes on a quiet machine): the p50 within ten times, the p99,
+// which on a shared machine is its scheduling delay, within twenty (under
+// -race with a load average of 17 on 2 cores it reached 63 ms). It runs 60
+// changes by default and 200 with
 // FARMDNS_MEASURE=1, which is how the quoted figures are made. It does not
 // run in parallel with the package's other tests, whose Consul agents
 // would otherwise share the CPU with this one.
@@ -76,14 +78,14 @@ func TestFigurePropagationLatency(t *testing.T) {
 	t.Logf("  KV load put:  %s", percentiles(kvLat))
 	t.Logf("  all:          %s", percentiles(all))
 	if p50, p99 := quantile(all, 0.5), quantile(all, 0.99); p50 > propagationP50Bound || p99 > propagationP99Bound {
-		t.Errorf("propagation p50 %v, p99 %v; bounds %v, %v (MEASURED.md: p50 1.3 ms, p99 7.4 ms)", p50, p99, propagationP50Bound, propagationP99Bound)
+		t.Errorf("propagation p50 %v, p99 %v; bounds %v, %v (MEASURED.md: p50 1.3 ms, p99 7.4 ms on a quiet machine)", p50, p99, propagationP50Bound, propagationP99Bound)
 	}
 }
 
 // Bounds of TestFigurePropagationLatency.
 const (
 	propagationP50Bound = 13 * time.Millisecond
-	propagationP99Bound = 75 * time.Millisecond
+	propagationP99Bound = 150 * time.Millisecond
 )
 
 func quantile(d []time.Duration, q float64) time.Duration {
