@@ -30,10 +30,9 @@ import (
 // over 200 changes on a quiet machine): the p50 within ten times, the p99,
 // which on a shared machine is its scheduling delay, within twenty (under
 // -race with a load average of 17 on 2 cores it reached 63 ms). It runs 60
-// changes by default and 200 with
-// FARMDNS_MEASURE=1, which is how the quoted figures are made. It does not
-// run in parallel with the package's other tests, whose Consul agents
-// would otherwise share the CPU with this one.
+// changes by default and 200 with FARMDNS_MEASURE=1, which is how the
+// quoted figures are made. It does not run in parallel with the package's
+// other tests, whose Consul agents would otherwise share the CPU with it.
 func TestFigurePropagationLatency(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
