@@ -288,7 +288,7 @@ func (b *builder) applyReport(t *Target, r parsedReport, now time.Time) (staleAt
 	}
 	updated, staleAt := r.report.Updated, r.report.Updated.Add(b.maxReportAge)
 	if r.seen.Before(updated) {
-		updated, staleAt = r.seen.Round(0), r.seen.Add(b.maxReportAge) // keeps the monotonic reading
+		updated, staleAt = r.seen.UTC(), r.seen.Add(b.maxReportAge) // staleAt keeps the monotonic reading
 	}
 	t.Load = Load{
 		State: LoadKnown, Source: SourceKV,
