@@ -117,11 +117,11 @@ func TestShutdownAnswersQueriesInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tc.Close()
-	tc.(*net.TCPConn).SetReadBuffer(4096) // replies back up soon: the server is still busy at Shutdown
+	tc.(*net.TCPConn).SetReadBuffer(32 << 10) // replies back up soon: the server is still busy at Shutdown
 	writeTCP(t, tc, query("example.org.", dns.TypeA))
 	readTCP(t, tc) // accepted and being served
 	var tcpQs []*dns.Msg
-	for range 200 {
+	for range 500 {
 		tcpQs = append(tcpQs, query("big.example.org.", dns.TypeTXT))
 	}
 	writeTCP(t, tc, tcpQs...)
@@ -136,7 +136,7 @@ func TestShutdownAnswersQueriesInFlight(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		for range 10 {
+		for range 50 {
 			q := query("example.org.", dns.TypeA)
 			b, _ := q.Pack()
 			if _, err := c.WriteTo(b, net.UDPAddrFromAddrPort(srv.BoundAddrs()[0])); err != nil {
@@ -161,7 +161,7 @@ func TestShutdownAnswersQueriesInFlight(t *testing.T) {
 		}
 	}
 	got := 0
-	for _, c := range []*net.UDPConn{udpQs[0].c, udpQs[10].c, udpQs[20].c, udpQs[30].c} {
+	for _, c := range []*net.UDPConn{udpQs[0].c, udpQs[50].c, udpQs[100].c, udpQs[150].c} {
 		want := map[uint16]bool{}
 		for _, q := range udpQs {
 			if q.c == c {
