@@ -203,13 +203,20 @@ func TestWildcardReplySource(t *testing.T) {
 			}
 			defer srv.Shutdown(context.Background())
 			port := srv.BoundAddrs()[0].Port()
-			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				t.Fatal(err)
+			dsts := []string{"127.0.0.2", "127.0.0.3", "127.0.0.1"}
+			if listen != "0.0.0.0:0" {
+				dsts = append(dsts, "::1") // the IPv6 control message is well formed
 			}
-			defer c.Close()
-			for _, dst := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.1"} {
+			for _, dst := range dsts {
 				to := netip.AddrPortFrom(netip.MustParseAddr(dst), port)
+				c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if to.Addr().Is6() {
+					c, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6loopback})
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
 				q := query("example.org.", dns.TypeA)
 				b, _ := q.Pack()
 				if _, err := c.WriteToUDPAddrPort(b, to); err != nil {
@@ -227,6 +234,39 @@ func TestWildcardReplySource(t *testing.T) {
 				r := new(dns.Msg)
 				if err := r.Unpack(buf[:n]); err != nil || r.Id != q.Id || len(r.Answer) != 1 {
 					t.Errorf("query to %s: reply %v (%v)", to, r, err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkUDPExchange is one query and reply over loopback, server and
+// client together: the bound address against a wildcard one (which reads
+// and writes a control message with each datagram).
+func BenchmarkUDPExchange(b *testing.B) {
+	for _, listen := range []string{"127.0.0.1:0", "0.0.0.0:0"} {
+		b.Run(listen, func(b *testing.B) {
+			srv := &Server{Handler: NewHandler(testState(b), testLogger(b)), Addrs: []string{listen}}
+			if err := srv.Start(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			defer srv.Shutdown(context.Background())
+			to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), srv.BoundAddrs()[0].Port())
+			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			q, _ := query("example.org.", dns.TypeA).Pack()
+			buf := make([]byte, 65535)
+			c.SetReadDeadline(time.Now().Add(time.Minute))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Write(q); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Read(buf); err != nil {
+					b.Fatal(err)
 				}
 			}
 		})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -324,5 +325,46 @@ func TestTCPPerPrefixShare(t *testing.T) {
 	for _, c := range append(mine[2:], other) {
 		writeTCP(t, c, query("example.org.", dns.TypeA))
 		readTCP(t, c)
+	}
+}
+
+// SetTCPLimits applies while serving: a reload can lower the cap and the
+// idle timeout without a restart.
+func TestSetTCPLimitsWhileServing(t *testing.T) {
+	srv, addr := startTCP(t, time.Minute, 16)
+	var open []net.Conn
+	for _, from := range []string{"127.0.1.1", "127.0.2.1"} {
+		c := dialFrom(t, from, addr)
+		writeTCP(t, c, query("example.org.", dns.TypeA))
+		readTCP(t, c)
+		open = append(open, c)
+	}
+	srv.SetTCPLimits(time.Minute, 1)
+	c := dialFrom(t, "127.0.3.1", addr)
+	writeTCP(t, c, query("example.org.", dns.TypeA))
+	readTCP(t, c)
+	for i, o := range open {
+		if !closedByServer(o) {
+			t.Fatalf("connection %d kept after the cap was lowered to 1", i)
+		}
+	}
+	srv.SetTCPLimits(300*time.Millisecond, 1)
+	writeTCP(t, c, query("example.org.", dns.TypeA)) // its next wait has the new timeout
+	readTCP(t, c)
+	if !closedByServer(c) {
+		t.Fatal("the idle timeout lowered to 300ms did not apply")
+	}
+}
+
+func TestClientPrefix(t *testing.T) {
+	for addr, want := range map[string]string{
+		"192.0.2.77":         "192.0.2.0/24",
+		"::ffff:192.0.2.77":  "192.0.2.0/24",
+		"2001:db8:1:2ff::53": "2001:db8:1:200::/56",
+		"fe80::1%eth0":       "fe80::/56",
+	} {
+		if got := clientPrefix(netip.MustParseAddr(addr)); got.String() != want {
+			t.Errorf("clientPrefix(%s) = %s, want %s", addr, got, want)
+		}
 	}
 }
