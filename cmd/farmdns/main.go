@@ -240,6 +240,7 @@ func (s *server) reload() error {
 		}
 	}
 	s.cfg = cfg
+	s.dns.SetTCPLimits(cfg.DNS.TCPIdleTimeout, cfg.DNS.MaxTCPConnections)
 	s.handler.Swap(st)
 	s.log.Info("reloaded", "zones", summary(st))
 	return nil
