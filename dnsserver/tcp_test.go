@@ -31,18 +31,9 @@ func writeTCP(t *testing.T, c net.Conn, msgs ...*dns.Msg) {
 
 func readTCP(t *testing.T, c net.Conn) *dns.Msg {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	var l [2]byte
-	if _, err := io.ReadFull(c, l[:]); err != nil {
+	m, err := readTCPErr(c)
+	if err != nil {
 		t.Fatalf("reading a reply: %v", err)
-	}
-	b := make([]byte, binary.BigEndian.Uint16(l[:]))
-	if _, err := io.ReadFull(c, b); err != nil {
-		t.Fatal(err)
-	}
-	m := new(dns.Msg)
-	if err := m.Unpack(b); err != nil {
-		t.Fatal(err)
 	}
 	return m
 }
@@ -50,9 +41,7 @@ func readTCP(t *testing.T, c net.Conn) *dns.Msg {
 // closedByServer reports whether the server closes c within a few seconds:
 // the read ends with EOF or a reset, not with our deadline.
 func closedByServer(c net.Conn) bool {
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	_, err := c.Read(make([]byte, 1))
-	return err != nil && !isTimeout(err)
+	return closedWithin(c, 3*time.Second)
 }
 
 func TestTCPPipelined(t *testing.T) {
