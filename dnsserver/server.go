@@ -101,7 +101,7 @@ type udpSocket struct {
 	// pktinfo: bound to a wildcard address, so each query's destination is
 	// read and its reply sent from it (see pktinfo.go).
 	pktinfo bool
-	v6      bool // the socket's family, which sets the control message's
+	v6      bool // an IPv6 socket (perhaps dual-stack): replies carry IPV6_PKTINFO
 }
 
 // listen binds addr on UDP, then TCP on the same port. With port 0 the port
@@ -114,8 +114,8 @@ func listen(ctx context.Context, addr string) (*udpSocket, *net.TCPListener, err
 	}
 	udpNet, tcpNet := "udp", "tcp"
 	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
-		// Go would make 0.0.0.0 a dual-stack IPv6 socket, which then
-		// collides with [::] listed beside it.
+		// 0.0.0.0 means IPv4, as for other servers; Go would otherwise
+		// bind it as a dual-stack IPv6 socket.
 		udpNet, tcpNet = "udp4", "tcp4"
 	}
 	u := &udpSocket{pktinfo: wildcardHost(host)}
