@@ -204,12 +204,12 @@ func (s *Server) serveConn(tc *tcpConn) {
 		s.wg.Done()
 	}()
 	w := &tcpWriter{conn: tc.c}
+	var length [2]byte // outside the loop: it escapes, so this is one allocation, not one per query
 	for {
 		lim := s.tcpLimits.Load()
 		if !s.awaitQuery(tc, lim) {
 			return
 		}
-		var length [2]byte
 		n, err := tc.c.Read(length[:])
 		if err != nil {
 			if isTimeout(err) && s.closing.Load() {
