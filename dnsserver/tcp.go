@@ -155,6 +155,8 @@ func (s *Server) makeRoom(p netip.Prefix, lim *tcpLimits, now time.Time) bool {
 	return true
 }
 
+// evictIdlest closes the connection idle the longest (in network p only, if
+// samePrefix) that is not answering a query. s.mu must be held.
 func (s *Server) evictIdlest(p netip.Prefix, samePrefix bool, lim *tcpLimits, now time.Time) bool {
 	var victim *tcpConn
 	for tc := range s.conns {
@@ -176,7 +178,7 @@ func (s *Server) evictIdlest(p netip.Prefix, samePrefix bool, lim *tcpLimits, no
 		if samePrefix {
 			reason = "client network's share"
 		}
-		s.Log.Warn("tcp connections full; closing the longest-idle", "reason", reason, "network", p, "max", lim.maxConns, "per_network", lim.perPrefix)
+		s.Log.Warn("tcp connections full; closing the longest-idle", "reason", reason, "network", victim.prefix, "max", lim.maxConns, "per_network", lim.perPrefix)
 	}
 	return true
 }
