@@ -225,11 +225,13 @@ func (c *Config) validate() error {
 	if c.DNS.MaxUDPSize < dns.MinMsgSize || c.DNS.MaxUDPSize > dns.MaxMsgSize {
 		bad("dns.max_udp_size", "%d is not between 512 and 65535", c.DNS.MaxUDPSize)
 	}
-	if c.DNS.TCPIdleTimeout < 0 {
-		bad("dns.tcp_idle_timeout", "must be positive")
+	// Under a second, a query may not arrive whole in time (the idle timeout
+	// also bounds that); a long one lets idle clients sit on slots.
+	if d := c.DNS.TCPIdleTimeout; d < time.Second || d > 10*time.Minute {
+		bad("dns.tcp_idle_timeout", "%s is not between 1s and 10m0s", d)
 	}
-	if c.DNS.MaxTCPConnections < 0 {
-		bad("dns.max_tcp_connections", "must be positive")
+	if n := c.DNS.MaxTCPConnections; n < 1 || n > 1_000_000 {
+		bad("dns.max_tcp_connections", "%d is not between 1 and 1000000", n)
 	}
 	for key, list := range map[string][]string{"dns.transfer_allow": c.DNS.TransferAllow, "dns.status_allow": c.DNS.StatusAllow} {
 		for i, s := range list {

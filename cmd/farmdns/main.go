@@ -263,6 +263,7 @@ func (s *server) reload() error {
 	}
 	s.cfg.Store(cfg)
 	s.guard.SetToken(cfg.HTTP.token)
+	s.dns.SetTCPLimits(cfg.DNS.TCPIdleTimeout, cfg.DNS.MaxTCPConnections)
 	s.handler.Swap(st)
 	s.log.Info("reloaded", "zones", summary(st))
 	return nil
