@@ -120,6 +120,8 @@ type server struct {
 	mu         sync.Mutex // guards lastReload
 	lastReload reloadStatus
 
+	history history // the pools' balance, sampled for /status
+
 	ctx     context.Context // the server's lifetime, for watchers started on reload
 	watch   *watch          // nil without pools
 	watcher atomic.Pointer[health.Watcher]
@@ -181,6 +183,7 @@ func (s *server) start(ctx context.Context) error {
 	}
 	s.webLn = ln
 	go s.web.Serve(ln)
+	go s.history.run(ctx, s.handler.PoolsStatus)
 	s.log.Info("farmdns serving", "dns", s.dns.BoundAddrs(), "http", ln.Addr().String(), "zones", summary(s.handler.State()))
 	return nil
 }
