@@ -55,7 +55,7 @@ const (
 )
 
 func newChart(id, title, unit string, now time.Time) *chart {
-	c := &chart{ID: id, Title: title, Unit: unit, W: 660, H: 230, X: 52, Y: 10, PW: 590, PH: 185,
+	c := &chart{ID: id, Title: title, Unit: unit, W: 620, H: 230, X: 52, Y: 10, PW: 550, PH: 185,
 		NoData: true, start: now.Add(-historySpan), end: now}
 	c.X2, c.Y2 = c.X+c.PW, c.Y+c.PH
 	return c
@@ -65,7 +65,7 @@ func newChart(id, title, unit string, now time.Time) *chart {
 func balanceChart(g *poolGraph) *chart {
 	c := newChart("balance", "max/mean, last 15 minutes", "", g.now)
 	top := max(1, peak(g.MaxMean))
-	step := niceStep(max(top-1, 0.1) / 4)
+	step := niceStep(max(top-1, 0.1) / 5)
 	// max/mean is never below 1: the axis starts half a step under it, so
 	// the reference line stands clear of the frame.
 	c.lo, c.hi = 1-step/2, 1+math.Ceil((top-1)/step-1e-9)*step
@@ -89,13 +89,13 @@ func targetsChart(g *poolGraph) *chart {
 	for _, t := range g.Targets {
 		top = max(top, peak(t.Connections))
 	}
-	step := max(1, niceStep(max(top, 4)/4))
+	step := max(1, niceStep(max(top, 5)/5))
 	c.lo, c.hi = 0, max(step, math.Ceil(top/step-1e-9)*step)
 	c.axes(step, func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }, 0)
 	for i, t := range g.Targets {
 		c.add(g, t.Target, palette[i%len(palette)], false, t.Connections, 0)
 	}
-	c.add(g, "mean of the counted targets", meanColor, true, g.Mean, 1)
+	c.add(g, "mean of the counted targets", meanColor, true, g.Mean, 0)
 	if g.Hidden > 0 {
 		c.Note = fmt.Sprintf("%d more targets not drawn: the %d busiest over the window are.", g.Hidden, drawnTargets)
 	}
