@@ -19,7 +19,6 @@ type chart struct {
 	YTicks     []tick
 	Ref        *chartLine // the reference line, if any
 	Lines      []chartLine
-	Unit       string
 	Note       string // under the legend
 	NoData     bool   // no line has a point yet
 	lo, hi     float64
@@ -54,8 +53,8 @@ const (
 	meanColor    = "#222222"
 )
 
-func newChart(id, title, unit string, now time.Time) *chart {
-	c := &chart{ID: id, Title: title, Unit: unit, W: 620, H: 230, X: 52, Y: 10, PW: 550, PH: 185,
+func newChart(id, title string, now time.Time) *chart {
+	c := &chart{ID: id, Title: title, W: 620, H: 230, X: 52, Y: 10, PW: 550, PH: 185,
 		NoData: true, start: now.Add(-historySpan), end: now}
 	c.X2, c.Y2 = c.X+c.PW, c.Y+c.PH
 	return c
@@ -63,7 +62,7 @@ func newChart(id, title, unit string, now time.Time) *chart {
 
 // balanceChart draws max/mean over time, with the line of perfect balance.
 func balanceChart(g *poolGraph) *chart {
-	c := newChart("balance", "max/mean, last 15 minutes", "", g.now)
+	c := newChart("balance", "max/mean, last 15 minutes", g.now)
 	top := max(1, peak(g.MaxMean))
 	step := niceStep(max(top-1, 0.1) / 5)
 	// max/mean is never below 1: the axis starts half a step under it, so
@@ -84,7 +83,7 @@ func balanceChart(g *poolGraph) *chart {
 
 // targetsChart draws each drawn target's connections and the pool's mean.
 func targetsChart(g *poolGraph) *chart {
-	c := newChart("targets", "connections per target, last 15 minutes", "connections", g.now)
+	c := newChart("targets", "connections per target, last 15 minutes", g.now)
 	top := peak(g.Mean)
 	for _, t := range g.Targets {
 		top = max(top, peak(t.Connections))
