@@ -116,11 +116,11 @@ type server struct {
 	reloadOK   prometheus.Gauge
 	reloadTime prometheus.Gauge
 
+	history history // the pools' balance, sampled for /status
+
 	recent     recentAnswers
 	mu         sync.Mutex // guards lastReload
 	lastReload reloadStatus
-
-	history history // the pools' balance, sampled for /status
 
 	ctx     context.Context // the server's lifetime, for watchers started on reload
 	watch   *watch          // nil without pools

@@ -163,9 +163,6 @@ func (s *server) status() status {
 		st.Zones = append(st.Zones, zoneStatus{Origin: z.Origin, File: z.File, Records: z.Records(), Serial: z.SOA().Serial})
 	}
 	st.Pools = s.recent.shares(s.handler.PoolsStatus(now), now)
-	for i := range st.Pools {
-		st.Pools[i].History = s.history.graph(st.Pools[i].Name, now)
-	}
 	if w := s.watcher.Load(); w != nil {
 		ws := w.Status()
 		ready, why := ws.Ready(now)
@@ -187,6 +184,9 @@ func (s *server) status() status {
 	s.mu.Lock()
 	st.Reload = s.lastReload
 	s.mu.Unlock()
+	for i := range st.Pools {
+		st.Pools[i].History = s.history.graph(st.Pools[i].Name, now)
+	}
 	return st
 }
 
