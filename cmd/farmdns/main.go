@@ -120,6 +120,8 @@ type server struct {
 	reloadOK   prometheus.Gauge
 	reloadTime prometheus.Gauge
 
+	history history // the pools' balance, sampled for /status
+
 	recent     recentAnswers
 	mu         sync.Mutex // guards lastReload
 	lastReload reloadStatus
@@ -188,6 +190,7 @@ func (s *server) start(ctx context.Context) error {
 	}
 	s.webLn = ln
 	go s.web.Serve(ln)
+	go s.history.run(ctx, s.handler.PoolsStatus)
 	s.log.Info("farmdns serving", "dns", s.dns.BoundAddrs(), "http", ln.Addr().String(), "zones", summary(s.handler.State()))
 	return nil
 }
