@@ -38,6 +38,8 @@ type Server struct {
 	conns   map[*net.TCPConn]struct{}
 	closing bool
 	slots   chan struct{}
+
+	rrl rrlState // rate limiting of UDP responses; see SetRRL
 }
 
 // udpTimingSample: one UDP query in this many is timed for the latency
@@ -169,9 +171,16 @@ func (s *Server) closeAll() {
 type udpWriter struct {
 	conn *net.UDPConn
 	to   netip.AddrPort
+	rrl  *rrlState
+	slip []byte // scratch for truncated replies
 }
 
 func (w *udpWriter) write(msg []byte) error {
+	if l := w.rrl.limiter.Load(); l != nil {
+		if msg = w.rrl.limit(l, w.to.Addr(), msg, &w.slip); msg == nil {
+			return nil
+		}
+	}
 	_, err := w.conn.WriteToUDPAddrPort(msg, w.to)
 	return err
 }
@@ -180,7 +189,7 @@ func (s *Server) serveUDP(conn *net.UDPConn) {
 	defer s.wg.Done()
 	in := make([]byte, 65535)
 	out := make([]byte, 65535)
-	w := &udpWriter{conn: conn}
+	w := &udpWriter{conn: conn, rrl: &s.rrl}
 	for i := 0; ; i++ {
 		n, from, err := conn.ReadFromUDPAddrPort(in)
 		if err != nil {
