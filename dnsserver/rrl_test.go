@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -374,5 +375,76 @@ farmdns_rrl_responses_total{action="slip"} 2
 	srv.SetRRL(nil)
 	if _, _, err := c.Exchange(query("www.rrl.test.", dns.TypeA), addr); err != nil {
 		t.Errorf("with rate limiting off again: %v", err)
+	}
+}
+
+// BenchmarkServeRRL measures whole UDP round trips from 64 clients in 64
+// different /24s, with rate limiting on and off in alternate rounds of the
+// same run, so that the machine's noise falls on both alike; it reports the
+// queries per second of each and their ratio. With it on, the rate is high
+// enough that no client is over it: what is measured is the cost of
+// checking every response.
+func BenchmarkServeRRL(b *testing.B) {
+	srv, addr := startServer(b, rrlZone(b))
+	l, err := rrl.New(rrl.Config{ResponsesPerSecond: rrl.MaxResponsesPerSecond, Slip: 2, IPv4Prefix: 24, IPv6Prefix: 56, Window: 15 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	to := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr))
+	wire, _ := query("www.rrl.test.", dns.TypeA).Pack()
+	var conns []*net.UDPConn
+	for i := range 64 {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 2, byte(i), 1)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	// round sends n queries, spread over the clients, each waiting for its
+	// reply, and returns how long that took.
+	round := func(n int) time.Duration {
+		var left atomic.Int64
+		left.Store(int64(n))
+		var wg sync.WaitGroup
+		start := time.Now()
+		for _, c := range conns {
+			wg.Go(func() {
+				buf := make([]byte, 512)
+				for left.Add(-1) >= 0 {
+					c.WriteToUDP(wire, to)
+					c.SetReadDeadline(time.Now().Add(time.Second))
+					c.Read(buf) // a lost reply costs its second to both modes alike
+				}
+			})
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	const perRound = 2000
+	var took [2]time.Duration // off, on
+	var count [2]int
+	b.ResetTimer()
+	for i := 0; i < b.N; i += perRound {
+		on := i/perRound%2 == 1
+		if on {
+			srv.SetRRL(l)
+		} else {
+			srv.SetRRL(nil)
+		}
+		n := min(perRound, b.N-i)
+		k := 0
+		if on {
+			k = 1
+		}
+		took[k] += round(n)
+		count[k] += n
+	}
+	b.StopTimer()
+	if count[0] > 0 && count[1] > 0 {
+		off, on := float64(count[0])/took[0].Seconds(), float64(count[1])/took[1].Seconds()
+		b.ReportMetric(off, "qps-off")
+		b.ReportMetric(on, "qps-on")
+		b.ReportMetric(on/off, "on/off")
 	}
 }

@@ -155,7 +155,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		h.Collector(), h.PoolCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
+		h.Collector(), h.PoolCollector(), s.dns.RRLCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
 	)
 	s.web = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	return s
@@ -164,6 +164,9 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 // start binds every socket; nothing is served unless all of them bind.
 func (s *server) start(ctx context.Context) error {
 	s.ctx = ctx
+	if err := s.setRRL(s.cfg); err != nil {
+		return err
+	}
 	if err := s.startWatch(s.cfg); err != nil {
 		return err
 	}
@@ -239,9 +242,30 @@ func (s *server) reload() error {
 			s.log.Error("Consul watcher not restarted", "err", err)
 		}
 	}
+	if cfg.DNS.RRL.key() != s.cfg.DNS.RRL.key() {
+		if err := s.setRRL(cfg); err != nil {
+			s.log.Error("rate limiting unchanged", "err", err)
+		}
+	}
 	s.cfg = cfg
 	s.handler.Swap(st)
 	s.log.Info("reloaded", "zones", summary(st))
+	return nil
+}
+
+// setRRL swaps in the rate limiter cfg describes (nil: none). The new one
+// starts with no prefix in debt.
+func (s *server) setRRL(cfg *Config) error {
+	l, err := cfg.DNS.RRL.limiter(s.log)
+	if err != nil {
+		return err
+	}
+	s.dns.SetRRL(l)
+	if l != nil {
+		r := cfg.DNS.RRL
+		s.log.Info("response rate limiting on", "responses_per_second", r.ResponsesPerSecond, "slip", *r.Slip,
+			"ipv4_prefix", r.IPv4Prefix, "ipv6_prefix", r.IPv6Prefix, "window", r.Window, "log_only", r.LogOnly)
+	}
 	return nil
 }
 
