@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -133,4 +134,25 @@ func grepLines(s, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// The production example ships with rate limiting on.
+func TestRRLShippedFarmExample(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/example/farmdns-farm.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(token, []byte("secret\n"), 0o600)
+	cfg, err := parseConfig([]byte(strings.ReplaceAll(string(b), "/run/credentials/farmdns.service/consul-token", token)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.DNS.RRL
+	if r.ResponsesPerSecond < 100 || *r.Slip == 0 || r.LogOnly {
+		t.Errorf("farmdns-farm.yaml: rrl %+v, want it on with ample headroom for TTL-1s pools, slipping", r)
+	}
+	if l, err := r.limiter(nil); l == nil || err != nil {
+		t.Errorf("farmdns-farm.yaml: no limiter: %v", err)
+	}
 }
