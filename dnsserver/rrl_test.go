@@ -79,6 +79,7 @@ func floodUDP(t *testing.T, server, from string, qps int, d time.Duration, query
 		t.Fatal(err)
 	}
 	defer c.Close()
+	c.SetReadBuffer(4 << 20) // replies wait here when a busy machine delays the reader
 	to := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(server))
 	var res floodResult
 	done := make(chan struct{})
@@ -250,9 +251,11 @@ func TestRRLRandomSubdomainFlood(t *testing.T) {
 func TestRRLLogOnly(t *testing.T) {
 	t.Parallel()
 	srv, addr := startRRLServer(t, func(c *rrl.Config) { c.LogOnly = true })
-	res := floodUDP(t, addr, "127.0.0.4", 2000, time.Second, bigTXT)
+	res := floodUDP(t, addr, "127.0.0.4", 1000, time.Second, bigTXT)
 	t.Log(res)
-	if res.truncated > 0 || res.full != res.sent {
+	// A busy machine may lose a few replies in the client's socket buffer;
+	// limited, at most about 50 would be full.
+	if res.truncated > 0 || res.full < res.sent*9/10 {
 		t.Errorf("log_only limited: %v", res)
 	}
 	would := srv.rrl.would[rrl.Drop].Load() + srv.rrl.would[rrl.Slip].Load()
@@ -269,13 +272,13 @@ func TestRRLExempt(t *testing.T) {
 	_, addr := startRRLServer(t, func(c *rrl.Config) { c.Exempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.5/32")} })
 	var other floodResult
 	var wg sync.WaitGroup
-	wg.Go(func() { other = floodUDP(t, addr, "127.0.0.6", 1000, time.Second, bigTXT) })
-	res := floodUDP(t, addr, "127.0.0.5", 1000, time.Second, bigTXT)
+	wg.Go(func() { other = floodUDP(t, addr, "127.0.0.6", 500, time.Second, bigTXT) })
+	res := floodUDP(t, addr, "127.0.0.5", 500, time.Second, bigTXT)
 	wg.Wait()
-	if res.full != res.sent {
+	if res.truncated > 0 || res.full < res.sent*9/10 {
 		t.Errorf("exempt client limited: %v", res)
 	}
-	if other.full == other.sent {
+	if other.truncated == 0 || other.full > other.sent/2 {
 		t.Errorf("a client next to the exempt one, in the same /24, was not limited: %v", other)
 	}
 }
@@ -447,4 +450,26 @@ func BenchmarkServeRRL(b *testing.B) {
 		b.ReportMetric(on, "qps-on")
 		b.ReportMetric(on/off, "on/off")
 	}
+}
+
+// FuzzRRLClassify: classify and slipped read replies we built, but must not
+// panic on any bytes.
+func FuzzRRLClassify(f *testing.F) {
+	h := NewHandler(testState(f), testLogger(f))
+	for _, q := range []*dns.Msg{query("www.example.org.", dns.TypeA), query("nothere.example.org.", dns.TypeA), query("a.deleg.example.org.", dns.TypeA)} {
+		wire, _ := q.Pack()
+		var rec recorder
+		h.serve(&rec, make([]byte, 65535), request{wire: wire})
+		f.Add(rec.msgs[0])
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		var name [255]byte
+		kind, n, qEnd := classify(msg, &name)
+		if kind < rrl.Answer || kind > rrl.Error || n > len(name) || qEnd > max(len(msg), headerLen) {
+			t.Fatalf("classify: %v %d %d", kind, n, qEnd)
+		}
+		if len(msg) >= headerLen {
+			slipped(nil, msg, qEnd)
+		}
+	})
 }

@@ -151,8 +151,8 @@ func TestLimiterExempt(t *testing.T) {
 // does not evict the bucket of a prefix in debt.
 func TestLimiterTableBounded(t *testing.T) {
 	n := 2_000_000
-	if testing.Short() {
-		n = 200_000
+	if testing.Short() || raceOn {
+		n = 20_000
 	}
 	l, clk := newTestLimiter(t, Config{TableSize: 1 << 14})
 	flood(l, clk, victim, Answer, name, 1000, time.Millisecond)
