@@ -424,24 +424,24 @@ func BenchmarkServeRRL(b *testing.B) {
 		wg.Wait()
 		return time.Since(start)
 	}
-	const perRound = 2000
+	const perRound = 400
 	var took [2]time.Duration // off, on
 	var count [2]int
 	b.ResetTimer()
 	for i := 0; i < b.N; i += perRound {
-		on := i/perRound%2 == 1
+		k := i / perRound % 4
+		on := k == 1 || k == 2 // off on on off: drift falls on both alike
 		if on {
 			srv.SetRRL(l)
 		} else {
 			srv.SetRRL(nil)
 		}
-		n := min(perRound, b.N-i)
-		k := 0
+		n, mode := min(perRound, b.N-i), 0
 		if on {
-			k = 1
+			mode = 1
 		}
-		took[k] += round(n)
-		count[k] += n
+		took[mode] += round(n)
+		count[mode] += n
 	}
 	b.StopTimer()
 	if count[0] > 0 && count[1] > 0 {
