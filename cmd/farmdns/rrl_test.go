@@ -6,12 +6,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"gopkg.in/yaml.v3"
 )
 
 func TestRRLConfigErrors(t *testing.T) {
@@ -136,18 +136,19 @@ func grepLines(s, substr string) string {
 	return strings.Join(out, "\n")
 }
 
-// The production example ships with rate limiting on.
+// The production example ships with rate limiting on. (That the whole file
+// is valid is TestShippedFarmExampleIsValid's job.)
 func TestRRLShippedFarmExample(t *testing.T) {
 	b, err := os.ReadFile("../../deploy/example/farmdns-farm.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	token := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(token, []byte("secret\n"), 0o600)
-	cfg, err := parseConfig([]byte(strings.ReplaceAll(string(b), "/run/credentials/farmdns.service/consul-token", token)))
-	if err != nil {
+	var cfg Config
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
 		t.Fatal(err)
 	}
+	cfg.setDefaults()
+	cfg.DNS.RRL.validate(func(key, format string, args ...any) { t.Errorf(key+": "+format, args...) })
 	r := cfg.DNS.RRL
 	if r.ResponsesPerSecond < 100 || *r.Slip == 0 || r.LogOnly {
 		t.Errorf("farmdns-farm.yaml: rrl %+v, want it on with ample headroom for TTL-1s pools, slipping", r)
