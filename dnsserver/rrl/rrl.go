@@ -141,8 +141,13 @@ type Limiter struct {
 	burst    int64 // µs: one second's responses
 	maxDebt  int64 // µs: burst plus window
 	limited  atomic.Uint64
-	logTAT   atomic.Int64 // the log lines' own bucket
+	logTAT   atomic.Int64   // the log lines' own bucket
+	logged   []atomic.Int64 // by prefix hash: when it was last logged, µs
 }
+
+// loggedSize is the number of prefixes whose last log line is remembered; a
+// collision only costs a line.
+const loggedSize = 1024
 
 // New returns a limiter for c.
 func New(c Config) (*Limiter, error) {
@@ -165,6 +170,7 @@ func New(c Config) (*Limiter, error) {
 	l := &Limiter{
 		cfg:      c,
 		table:    make([]atomic.Uint64, size),
+		logged:   make([]atomic.Int64, loggedSize),
 		mask:     uint64(size - 1),
 		seed:     maphash.MakeSeed(), // unknown to clients: they cannot aim at one bucket
 		epoch:    c.Now(),
@@ -214,7 +220,7 @@ func (l *Limiter) Check(client netip.Addr, kind Kind, name []byte) Action {
 		act = Slip
 	}
 	if first {
-		l.logLimited(pfx, kind, name, now)
+		l.logLimited(pfx, maphash.Bytes(l.seed, key[1:17]), kind, name, now)
 	}
 	return act
 }
@@ -263,11 +269,15 @@ func (l *Limiter) update(h uint64, now int64) (pass, first bool) {
 	}
 }
 
-// logLimited logs that a prefix started being limited. Each (prefix, class)
-// logs once until its bucket is full again, at least Window after its last
-// excess; all together, at most ten lines a second, however many prefixes a
-// flood comes from.
-func (l *Limiter) logLimited(pfx netip.Prefix, kind Kind, name []byte, now int64) {
+// logLimited logs that a prefix started being limited for a class (it logs
+// again only once that class's bucket is full again). A prefix logs at most
+// once a Window, whatever its classes; all together, at most ten lines a
+// second, however many prefixes a flood comes from.
+func (l *Limiter) logLimited(pfx netip.Prefix, pfxHash uint64, kind Kind, name []byte, now int64) {
+	last := &l.logged[pfxHash%loggedSize]
+	if t := last.Load(); t != 0 && now-t < l.maxDebt-l.burst || !last.CompareAndSwap(t, now) {
+		return
+	}
 	const perLine = 100_000 // µs
 	for {
 		old := l.logTAT.Load()

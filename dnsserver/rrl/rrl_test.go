@@ -179,9 +179,19 @@ func TestLimiterLogsOncePerPrefix(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	l, clk := newTestLimiter(t, Config{Log: log, Window: 2 * time.Second})
-	flood(l, clk, victim, NXDomain, []byte("\x07example\x00"), 10_000, 500*time.Microsecond)
+	// Two classes flooded from one prefix: one line.
+	for range 10_000 {
+		l.Check(victim, NXDomain, []byte("\x07example\x00"))
+		l.Check(victim, Answer, name)
+		clk.advance(500 * time.Microsecond)
+	}
 	if got := strings.Count(buf.String(), "\n"); got != 1 {
 		t.Fatalf("%d log lines for one flooded prefix, want 1:\n%s", got, &buf)
+	}
+	// Another prefix is news.
+	flood(l, clk, netip.MustParseAddr("198.51.100.1"), Answer, name, 1000, 500*time.Microsecond)
+	if got := strings.Count(buf.String(), "\n"); got != 2 {
+		t.Fatalf("%d log lines for two flooded prefixes, want 2:\n%s", got, &buf)
 	}
 	if !strings.Contains(buf.String(), "prefix=192.0.2.0/24") || !strings.Contains(buf.String(), "name=example.") {
 		t.Errorf("log line lacks the prefix or the zone: %s", &buf)
@@ -189,8 +199,8 @@ func TestLimiterLogsOncePerPrefix(t *testing.T) {
 	// Once the debt is paid, a new flood is news again.
 	clk.advance(4 * time.Second)
 	flood(l, clk, victim, NXDomain, []byte("\x07example\x00"), 1000, 500*time.Microsecond)
-	if got := strings.Count(buf.String(), "\n"); got != 2 {
-		t.Errorf("%d log lines after a second flood, want 2", got)
+	if got := strings.Count(buf.String(), "\n"); got != 3 {
+		t.Errorf("%d log lines after a second flood, want 3:\n%s", got, &buf)
 	}
 }
 
