@@ -125,7 +125,7 @@ perf8() {
   cat "$work"/perf[1-8] | awk '/Queries per second/ { q += $4 } /Average Latency/ { l += $4; n++ } /Queries lost/ { lost += $3 }
     END { printf "  Queries per second: %f\n  Average Latency (s): %f\n  Queries lost: %d\n", q, l / n, lost }'
 }
-declare -A total
+declare -A total ticks
 for r in $(seq "$rounds"); do
   # farmdns and knot on the 90/5/5 mix; farmdns on one static name and on a
   # pool's name; farmdns without and with RRL, from 8 prefixes.
@@ -150,6 +150,7 @@ for r in $(seq "$rounds"); do
     lost=$(echo "$out" | awk '/Queries lost/ { print $3 }')
     printf '%-14s %-6s %10.0f %12.3f %10s   lost %s\n' $s $r "$qps" "$lat" "$cpu" "$lost"
     total[$s]=$(awk -v a="${total[$s]:-0}" -v b="$qps" 'BEGIN { print a + b }')
+    ticks[$s]=$(( ${ticks[$s]:-0} + t1 - t0 ))
   done
 done
 awk -v f="${total[farmdns]}" -v k="${total[knot]}" -v s="${total[farmdns-static]}" -v p="${total[farmdns-pool]}" -v n="$rounds" \
@@ -157,6 +158,12 @@ awk -v f="${total[farmdns]}" -v k="${total[knot]}" -v s="${total[farmdns-static]
            printf "mean qps, one name: farmdns static %.0f, pool %.0f; pool/static = %.2f\n", s / n, p / n, p / s }'
 awk -v off="${total[farmdns-8pfx]}" -v on="${total[rrl-on-8pfx]}" -v n="$rounds" \
   'BEGIN { printf "mean qps, 90/5/5 mix from 8 client /24s: rrl off %.0f, on %.0f; on/off = %.2f\n", off / n, on / n, on / off }'
+# On a shared machine a server's QPS follows the CPU it gets; its CPU time
+# per query does not.
+awk -v off="${total[farmdns-8pfx]}" -v on="${total[rrl-on-8pfx]}" -v toff="${ticks[farmdns-8pfx]}" -v ton="${ticks[rrl-on-8pfx]}" \
+  -v hz="$hz" -v secs="$secs" \
+  'BEGIN { a = toff / hz / (off * secs) * 1e6; b = ton / hz / (on * secs) * 1e6
+           printf "server cpu per query, same: rrl off %.2f us, on %.2f us; qps per cpu on/off = %.2f\n", a, b, a / b }'
 # RRL was on and limited nobody: otherwise the comparison means nothing.
 curl -sf "127.0.0.1:$port_rrl_http/metrics" | grep '^farmdns_rrl_responses_total'
 curl -sf "127.0.0.1:$port_rrl_http/metrics" | awk '/^farmdns_rrl_responses_total\{action="pass"\}/ { pass = $2 }
