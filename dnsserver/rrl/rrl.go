@@ -39,6 +39,7 @@ const (
 
 var kindNames = [...]string{"", "answer", "nxdomain", "nodata", "referral", "error"}
 
+// String names the kind, for logs.
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
 		return kindNames[k]
@@ -328,6 +329,3 @@ func (l *Limiter) Fill() float64 {
 	}
 	return float64(used) / float64(len(l.table))
 }
-
-// TableSize returns the number of buckets.
-func (l *Limiter) TableSize() int { return len(l.table) }
