@@ -230,7 +230,7 @@ func (l *Limiter) now() int64 { return l.cfg.Now().Sub(l.epoch).Microseconds() }
 
 // update debits one response from the bucket of hash h. It reports whether
 // the response is within the rate, and if not whether it is the first
-// limited one of this key since the key was last within its rate.
+// limited one of this key since its bucket was last full.
 func (l *Limiter) update(h uint64, now int64) (pass, first bool) {
 	tag := h >> tagShift
 	group := l.table[h&l.mask&^(groupSize-1):][:groupSize]
