@@ -129,7 +129,10 @@ declare -A total ticks
 for r in $(seq "$rounds"); do
   # farmdns and knot on the 90/5/5 mix; farmdns on one static name and on a
   # pool's name; farmdns without and with RRL, from 8 prefixes.
-  for s in farmdns knot farmdns-static farmdns-pool farmdns-8pfx rrl-on-8pfx; do
+  # RRL off and on swap places every round: drift falls on both alike.
+  pair="farmdns-8pfx rrl-on-8pfx"
+  [ $((r % 2)) = 0 ] && pair="rrl-on-8pfx farmdns-8pfx"
+  for s in farmdns knot farmdns-static farmdns-pool $pair; do
     case $s in
       farmdns) port=$port_farm pid=$farm_pid file=queries ;;
       knot) port=$port_knot pid=$knot_pid file=queries ;;
