@@ -78,9 +78,11 @@ zones:
         service: ws
         answers: 3
 CONF
-# The same with RRL on. 8 prefixes share ~250k qps: ~1,500 NXDOMAIN/s per
-# prefix for the zone, so the rate is set above that: every response is
-# checked, none is limited (checked below), which is the cost to measure.
+# A second farmdns for RRL off against on: one process, switched by reload
+# (rrl_rate), so nothing but RRL differs. 8 prefixes share ~250k qps, ~1,500
+# NXDOMAIN/s per prefix for the zone, so the rate when on is above that:
+# every response is checked, none is limited (checked below), which is the
+# cost to measure.
 sed -e "s/127.0.0.1:$port_farm/127.0.0.1:$port_rrl/" -e "s/127.0.0.1:0/127.0.0.1:$port_rrl_http/" \
   -e 's/^dns:$/dns:\n  rrl: {responses_per_second: 100000}/' "$work/farmdns.yaml" >"$work/farmdns-rrl.yaml"
 cat >"$work/knot.conf" <<CONF
@@ -114,6 +116,18 @@ dig +short @127.0.0.1 -p $port_farm pool.bench.example A | grep -q . || { echo "
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 printf '%-14s %-6s %10s %12s %10s\n' server round qps "avg lat ms" "cpu %"
+# rrl_rate sets the second farmdns's RRL rate (0: off) and waits for the reload.
+rrl_rate() {
+  local before
+  before=$(curl -sf "127.0.0.1:$port_rrl_http/metrics" | awk '/^farmdns_config_last_reload_timestamp_seconds/ { print $2 }')
+  sed -i "s/responses_per_second: [0-9]*/responses_per_second: $1/" "$work/farmdns-rrl.yaml"
+  kill -HUP $rrl_pid
+  for _ in $(seq 100); do
+    [ "$(curl -sf "127.0.0.1:$port_rrl_http/metrics" | awk '/^farmdns_config_last_reload_timestamp_seconds/ { print $2 }')" != "$before" ] && return
+    sleep 0.1
+  done
+  echo "farmdns did not reload" >&2; exit 1
+}
 # perf8 runs dnsperf from 8 client /24s at once (127.0.1.1 ... 127.0.8.1), 25
 # queries in flight each, and prints the summed report lines.
 perf8() {
@@ -138,8 +152,8 @@ for r in $(seq "$rounds"); do
       knot) port=$port_knot pid=$knot_pid file=queries ;;
       farmdns-static) port=$port_farm pid=$farm_pid file=static-queries ;;
       farmdns-pool) port=$port_farm pid=$farm_pid file=pool-queries ;;
-      farmdns-8pfx) port=$port_farm pid=$farm_pid file=queries ;;
-      rrl-on-8pfx) port=$port_rrl pid=$rrl_pid file=queries ;;
+      farmdns-8pfx) port=$port_rrl pid=$rrl_pid file=queries; rrl_rate 0 ;;
+      rrl-on-8pfx) port=$port_rrl pid=$rrl_pid file=queries; rrl_rate 100000 ;;
     esac
     t0=$(cpu_ticks $pid)
     case $s in
