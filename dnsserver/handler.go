@@ -19,7 +19,8 @@ import (
 
 // Options are the protocol settings of one configuration.
 type Options struct {
-	// NSID is returned to clients that ask for it (RFC 5001); empty: not returned.
+	// NSID is returned to clients that ask for it (RFC 5001); empty, or
+	// longer than MaxNSID octets: not returned.
 	NSID string
 	// Identity answers CHAOS TXT hostname.bind and id.server; nil: refused.
 	Identity *string
@@ -37,6 +38,19 @@ type Options struct {
 
 // DefaultMaxUDPSize is the default of Options.MaxUDPSize.
 const DefaultMaxUDPSize = 1232
+
+// MaxNSID is the longest NSID sent. An identifier needs no more, and it
+// leaves a 512-octet reply room for the longest question, the OPT record
+// and six A records.
+const MaxNSID = 128
+
+// nsid returns the NSID to send to a client that asks for it; "" for none.
+func (o *Options) nsid() string {
+	if len(o.NSID) > MaxNSID {
+		return ""
+	}
+	return o.NSID
+}
 
 // State is everything one configuration serves. It is immutable: a reload
 // builds a new State and swaps it in whole.

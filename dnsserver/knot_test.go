@@ -1,7 +1,7 @@
 package dnsserver
 
-// The differential test: the example zone is served by knotd and by farmdns,
-// the same queries go to both, and the answers must agree.
+// The differential test: the example zones are served by knotd and by
+// farmdns, the same queries go to both, and the answers must agree.
 
 import (
 	"bufio"
@@ -17,17 +17,37 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/zones"
 )
 
-// startKnot runs knotd serving the example zone on a free loopback port, with
-// the identity, version and NSID that testState gives farmdns.
-func startKnot(t *testing.T) string {
+// testZone is a zone file both servers serve.
+type testZone struct{ origin, file string }
+
+var (
+	exampleTestZone = testZone{"example.org.", exampleZone}
+	// escapedTestZone has owner names written with escapes.
+	escapedTestZone = testZone{"escaped.example.", "../zones/testdata/escaped.example.zone"}
+)
+
+// startKnot runs knotd serving zs on a free loopback port, with the
+// identity, version and NSID that testState gives farmdns.
+func startKnot(t *testing.T, zs ...testZone) string {
 	t.Helper()
 	knotd := requireTool(t, "knotd", "/usr/sbin")
 	dir := t.TempDir()
-	zone, err := filepath.Abs(exampleZone)
-	if err != nil {
-		t.Fatal(err)
+	var zoneConf strings.Builder
+	for _, z := range zs {
+		file, err := filepath.Abs(z.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&zoneConf, `  - domain: "%s"
+    file: "%s"
+    zonefile-sync: -1
+    journal-content: none
+    acl: transfer
+`, z.origin, file)
 	}
 	port := freePort(t)
 	conf := fmt.Sprintf(`server:
@@ -46,12 +66,7 @@ acl:
     address: 127.0.0.2
     action: transfer
 zone:
-  - domain: example.org.
-    file: "%[3]s"
-    zonefile-sync: -1
-    journal-content: none
-    acl: transfer
-`, dir, port, zone)
+%[3]s`, dir, port, zoneConf.String())
 	confPath := filepath.Join(dir, "knot.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -65,7 +80,7 @@ zone:
 	t.Cleanup(func() { cancel(); cmd.Wait() })
 
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	q := new(dns.Msg).SetQuestion("example.org.", dns.TypeSOA)
+	q := new(dns.Msg).SetQuestion(zs[0].origin, dns.TypeSOA)
 	c := &dns.Client{Timeout: 200 * time.Millisecond}
 	for deadline := time.Now().Add(15 * time.Second); ; {
 		if r, _, err := c.Exchange(q, addr); err == nil && r.Rcode == dns.RcodeSuccess {
@@ -144,18 +159,36 @@ func withOption(o dns.EDNS0) func(*dns.Msg) {
 	return func(m *dns.Msg) { m.IsEdns0().Option = append(m.IsEdns0().Option, o) }
 }
 
-// zoneNames returns every owner name in the zone file, and the names between
-// them and the apex.
-func zoneNames(t *testing.T) []string {
-	f, err := os.Open(exampleZone)
+// testStateFor serves zs as testState serves the example zone.
+func testStateFor(t *testing.T, zs ...testZone) *State {
+	t.Helper()
+	var loaded []*zones.Zone
+	for _, z := range zs {
+		zone, err := zones.Load(z.origin, z.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		loaded = append(loaded, zone)
+	}
+	set, err := zones.NewSet(loaded...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewState(set, testState(t).Options)
+}
+
+// zoneNames returns every owner name in the zone file, as written, and the
+// names between them and the apex.
+func zoneNames(t *testing.T, z testZone) []string {
+	f, err := os.Open(z.file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	seen := map[string]bool{}
-	zp := dns.NewZoneParser(bufio.NewReader(f), "example.org.", "")
+	zp := dns.NewZoneParser(bufio.NewReader(f), z.origin, "")
 	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
-		for name := rr.Header().Name; dns.IsSubDomain("example.org.", name); {
+		for name := rr.Header().Name; dns.IsSubDomain(z.origin, name); {
 			seen[name] = true
 			i, end := dns.NextLabel(name, 0)
 			if end {
@@ -179,7 +212,7 @@ func corpus(t *testing.T) []probe {
 		dns.TypeCNAME, dns.TypeDNAME, dns.TypeDS, dns.TypeSRV, dns.TypePTR, dns.TypeANY, dns.TypeRRSIG,
 		dns.TypeNSEC, dns.TypeOPT, dns.TypeTSIG, dns.TypeMAILA, 65280}
 	var names []string
-	for _, n := range zoneNames(t) {
+	for _, n := range zoneNames(t, exampleTestZone) {
 		// The name itself, a name below it (NXDOMAIN, wildcard or referral),
 		// the literal wildcard label, and a case variation.
 		names = append(names, n, "x."+n, "*."+n, "Y.z."+n, strings.ToUpper(n))
@@ -306,9 +339,65 @@ func allowedDifference(p probe, ours, knot *dns.Msg) bool {
 }
 
 func TestDifferentialKnot(t *testing.T) {
-	knot := startKnot(t)
+	knot := startKnot(t, exampleTestZone)
 	_, ours := startServer(t, testState(t))
-	ps := corpus(t)
+	compareAll(t, ours, knot, corpus(t))
+}
+
+// escapedCorpus asks for the names of the escaped zone, spelled as the zone
+// file spells them, in other cases, and with every octet an escape.
+func escapedCorpus(t *testing.T) []probe {
+	var ps []probe
+	names := []string{`hi\232bit.escaped.example.`, "hi\xc8bit.escaped.example.", "space.escaped.example.",
+		`esc\046dot.escaped.example.`, `x.esc\046DOT.escaped.example.`, `x.d\046name.escaped.example.`}
+	// A DNAME substitution of 60 octets written in 240 characters. (A name
+	// it makes too long is not asked: Knot's YXDOMAIN answer then carries
+	// the DNAME target's own records too, for any spelling.)
+	names = append(names, strings.Repeat(`\200`, 60)+`.d\.name.escaped.example.`)
+	for _, n := range zoneNames(t, escapedTestZone) {
+		names = append(names, n, "x."+n, "*."+n, "Y.z."+n, strings.ToUpper(n), octetEscapes(t, n))
+	}
+	types := []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeTXT, dns.TypeMX, dns.TypeNS, dns.TypeSOA,
+		dns.TypeCNAME, dns.TypeDNAME, dns.TypeANY}
+	for _, n := range names {
+		for _, qt := range types {
+			ps = append(ps, probe{"udp", query(n, qt)})
+		}
+		ps = append(ps, probe{"udp", query(n, dns.TypeA, noEDNS)}, probe{"tcp", query(n, dns.TypeTXT)})
+	}
+	return ps
+}
+
+// octetEscapes writes every octet of name's labels as a decimal escape.
+func octetEscapes(t *testing.T, name string) string {
+	var wire [256]byte
+	n, err := dns.PackDomainName(name, wire[:], 0, nil, false)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	var b strings.Builder
+	for off := 0; off < n-1; {
+		l := int(wire[off])
+		for _, c := range wire[off+1 : off+1+l] {
+			fmt.Fprintf(&b, "\\%03d", c)
+		}
+		b.WriteByte('.')
+		off += 1 + l
+	}
+	return b.String()
+}
+
+// TestDifferentialKnotEscaped serves a zone whose owner names are written
+// with escapes: both servers must find each name however it is spelled.
+func TestDifferentialKnotEscaped(t *testing.T) {
+	knot := startKnot(t, escapedTestZone)
+	_, ours := startServer(t, testStateFor(t, escapedTestZone))
+	compareAll(t, ours, knot, escapedCorpus(t))
+}
+
+// compareAll sends every probe to both servers and reports the differences.
+func compareAll(t *testing.T, ours, knot string, ps []probe) {
+	t.Helper()
 	failures := 0
 	for _, p := range ps {
 		o := exchange(t, p.net, ours, p.msg.Copy())
@@ -347,7 +436,7 @@ func rawExchange(t *testing.T, addr string, b []byte) []byte {
 // TestDifferentialKnotMalformed sends broken packets, which a client library
 // would refuse to build, to both servers.
 func TestDifferentialKnotMalformed(t *testing.T) {
-	knot := startKnot(t)
+	knot := startKnot(t, exampleTestZone)
 	_, ours := startServer(t, testState(t))
 	twoOPT := query("example.org.", dns.TypeA)
 	twoOPT.Extra = append(twoOPT.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 1232}})
@@ -413,12 +502,12 @@ func TestDifferentialKnotMalformed(t *testing.T) {
 	}
 }
 
-// TestDifferentialKnotTransfer transfers the zone from both servers, from the
-// address both allow.
+// TestDifferentialKnotTransfer transfers the zones from both servers, from
+// the address both allow.
 func TestDifferentialKnotTransfer(t *testing.T) {
-	knot := startKnot(t)
-	_, ours := startServer(t, testState(t))
-	get := func(addr string) string {
+	knot := startKnot(t, exampleTestZone, escapedTestZone)
+	_, ours := startServer(t, testStateFor(t, exampleTestZone, escapedTestZone))
+	get := func(addr, origin string) string {
 		tr := &dns.Transfer{}
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 2 * time.Second}
 		conn, err := d.Dial("tcp", addr)
@@ -426,7 +515,7 @@ func TestDifferentialKnotTransfer(t *testing.T) {
 			t.Fatal(err)
 		}
 		tr.Conn = &dns.Conn{Conn: conn}
-		envs, err := tr.In(new(dns.Msg).SetAxfr("example.org."), addr)
+		envs, err := tr.In(new(dns.Msg).SetAxfr(origin), addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -442,7 +531,9 @@ func TestDifferentialKnotTransfer(t *testing.T) {
 		}
 		return rrSet(rrs)
 	}
-	if o, k := get(ours), get(knot); o != k {
-		t.Errorf("transferred zones differ:\nfarmdns:%s\nknot:%s", o, k)
+	for _, z := range []testZone{exampleTestZone, escapedTestZone} {
+		if o, k := get(ours, z.origin), get(knot, z.origin); o != k {
+			t.Errorf("transferred zones %s differ:\nfarmdns:%s\nknot:%s", z.origin, o, k)
+		}
 	}
 }

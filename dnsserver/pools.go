@@ -34,8 +34,15 @@ type PoolSpec struct {
 // query always finds its pool where the zone's binding says.
 type poolSlot struct {
 	spec     PoolSpec
-	cur      atomic.Pointer[policy.Pool]
+	cur      atomic.Pointer[servedPool]
 	outcomes [4]atomic.Uint64 // by policy.Outcome
+}
+
+// servedPool is one build of a slot's pool with the names of its SRV
+// targets: one pointer swaps both, so a query never mixes two builds.
+type servedPool struct {
+	*policy.Pool
+	targets *targetNames
 }
 
 func newSlots(specs []PoolSpec) []*poolSlot {
@@ -102,13 +109,20 @@ func (p *pools) rebuild(s *poolSlot, now time.Time) {
 	if s.spec.LBService != "" {
 		lbs = p.latest[s.spec.LBService]
 	}
-	prev := s.cur.Load()
+	var prev *policy.Pool
+	var prevNames *targetNames
+	var prevRecords []health.Target
+	if old := s.cur.Load(); old != nil {
+		prev, prevNames, prevRecords = old.Pool, old.targets, old.Records()
+	}
 	if prev != nil && len(prev.Stats(now)) == 0 {
 		// Nothing to carry over, and the first targets a pool sees (at
 		// start-up, say) are not "new" next to each other: no slow start.
 		prev = nil
 	}
-	s.cur.Store(policy.NewPool(s.spec.Policy, p.latest[s.spec.Service], lbs, prev, now))
+	pool := policy.NewPool(s.spec.Policy, p.latest[s.spec.Service], lbs, prev, now)
+	_, targets := SRVNames(s.spec.Service, s.spec.Name)
+	s.cur.Store(&servedPool{Pool: pool, targets: newTargetNames(pool.Records(), targets, prevNames, prevRecords)})
 }
 
 // UpdatePools rebuilds every pool from snap; call it for each new snapshot.
@@ -130,11 +144,12 @@ type choice struct {
 	picked  []int
 	ttl     uint32
 	outcome policy.Outcome
-	pool    *policy.Pool
+	pool    *servedPool
 }
 
-// choose asks the pool of slot for the records of one answer. dst should have
-// capacity policy.MaxAnswers, so that nothing is allocated.
+// choose asks the pool of slot for the records of one answer, at most
+// cap(dst) of them: the room the reply has (policy.MaxAnswers for all
+// the pool may give), so that the ledger counts only records sent.
 func choose(s *poolSlot, dst []int, qtype uint16, client netip.Addr) choice {
 	fam := policy.IPv4
 	switch qtype {
@@ -147,7 +162,7 @@ func choose(s *poolSlot, dst []int, qtype uint16, client netip.Addr) choice {
 	if p == nil {
 		return choice{outcome: policy.OutcomeNoData}
 	}
-	picked, ttl, out := p.Choose(dst, fam, clientKey(client, s.spec.Name), time.Now().UnixNano())
+	picked, ttl, out := p.ChooseN(dst, fam, clientKey(client, s.spec.Name), time.Now().UnixNano(), cap(dst))
 	s.outcomes[out].Add(1)
 	return choice{picked: picked, ttl: ttl, outcome: out, pool: p}
 }

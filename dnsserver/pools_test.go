@@ -3,7 +3,6 @@ package dnsserver
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -402,24 +401,6 @@ func TestPoolSRV(t *testing.T) {
 		}
 		if tt.addr == "" && (len(r.Ns) != 1 || r.Ns[0].Header().Rrtype != dns.TypeSOA) {
 			t.Errorf("%s %s: negative answer without SOA", tt.name, dns.Type(tt.qtype))
-		}
-	}
-}
-
-func TestTargetLabelsUnique(t *testing.T) {
-	one := target("vm", "192.0.2.1", 0, nil)
-	two := target("vm", "192.0.2.2", 0, nil)
-	two.ServiceID = "ws-2"
-	got := targetLabels([]health.Target{one, two, target("n3", "192.0.2.3", 0, nil)})
-	if want := []string{"vm-ws-vm", "vm-ws-2", "n3"}; !slices.Equal(got, want) {
-		t.Errorf("labels %v, want %v", got, want)
-	}
-}
-
-func TestHostLabel(t *testing.T) {
-	for in, want := range map[string]string{"Node_1.ec2.internal": "node-1-ec2-internal", "web-7": "web-7", strings.Repeat("a", 70): strings.Repeat("a", 63)} {
-		if got := hostLabel(in); got != want {
-			t.Errorf("hostLabel(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

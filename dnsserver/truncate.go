@@ -1,6 +1,9 @@
 package dnsserver
 
 import (
+	"slices"
+	"strings"
+
 	"github.com/miekg/dns"
 )
 
@@ -12,11 +15,16 @@ import (
 //
 // dynamic counts the pool records at the end of the answer section: those
 // are dropped, down to one, before anything else, since a smaller answer
-// serves the client better than a truncated one.
+// serves the client better than a truncated one. A dropped SRV record takes
+// its target's address with it: nothing else in the answer names it.
 func pack(r *dns.Msg, buf []byte, limit, dynamic int) ([]byte, error) {
 	out, err := r.PackBuffer(buf)
 	for ; err == nil && len(out) > limit && dynamic > 1; dynamic-- {
+		last := r.Answer[len(r.Answer)-1]
 		r.Answer = r.Answer[:len(r.Answer)-1]
+		if srv, ok := last.(*dns.SRV); ok {
+			r.Extra = withoutOwner(r.Extra, srv.Target)
+		}
 		out, err = r.PackBuffer(buf)
 	}
 	if err != nil || len(out) <= limit {
@@ -37,4 +45,12 @@ func pack(r *dns.Msg, buf []byte, limit, dynamic int) ([]byte, error) {
 	r.Answer, r.Ns = nil, nil
 	r.Truncated = true
 	return r.PackBuffer(buf)
+}
+
+// withoutOwner returns a copy of rrs without the records owned by name. It
+// copies so that a slice shared with a zone is never changed.
+func withoutOwner(rrs []dns.RR, name string) []dns.RR {
+	return slices.DeleteFunc(slices.Clone(rrs), func(rr dns.RR) bool {
+		return strings.EqualFold(rr.Header().Name, name)
+	})
 }

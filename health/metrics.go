@@ -26,6 +26,12 @@ var (
 		"Malformed load reports and service meta seen (each distinct bad value once); their loads count as unknown.", nil, nil)
 	snapshotsDesc = prometheus.NewDesc("farmdns_consul_snapshots_total",
 		"Snapshots published: how often the farm as Consul sees it changed.", nil, nil)
+	restoredDesc = prometheus.NewDesc("farmdns_consul_state_restored",
+		"1 while some pools are served from the state file saved by an earlier run, because Consul has not answered for them since the start.", nil, nil)
+	stateSaveDesc = prometheus.NewDesc("farmdns_consul_state_last_save_timestamp_seconds",
+		"When the state file (consul.state_file) was last written whole.", nil, nil)
+	stateErrorsDesc = prometheus.NewDesc("farmdns_consul_state_save_errors_total",
+		"Failed writes of the state file.", nil, nil)
 )
 
 type collector struct{ w *Watcher }
@@ -35,7 +41,7 @@ type collector struct{ w *Watcher }
 func (w *Watcher) Collector() prometheus.Collector { return collector{w} }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{lastSyncDesc, syncErrorsDesc, readyDesc, malformedDesc, snapshotsDesc} {
+	for _, d := range []*prometheus.Desc{lastSyncDesc, syncErrorsDesc, readyDesc, malformedDesc, snapshotsDesc, restoredDesc, stateSaveDesc, stateErrorsDesc} {
 		ch <- d
 	}
 	c.w.reportLag.Describe(ch)
@@ -57,5 +63,16 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, ready)
 	ch <- prometheus.MustNewConstMetric(malformedDesc, prometheus.CounterValue, float64(st.MalformedTotal+st.InvalidAddressTotal))
 	ch <- prometheus.MustNewConstMetric(snapshotsDesc, prometheus.CounterValue, float64(st.Publishes))
+	restored := 0.0
+	if st.ServingSaved() {
+		restored = 1
+	}
+	ch <- prometheus.MustNewConstMetric(restoredDesc, prometheus.GaugeValue, restored)
+	if sf := c.w.StateFile(); sf.Path != "" {
+		if !sf.LastSave.IsZero() {
+			ch <- prometheus.MustNewConstMetric(stateSaveDesc, prometheus.GaugeValue, float64(sf.LastSave.UnixNano())/1e9)
+		}
+		ch <- prometheus.MustNewConstMetric(stateErrorsDesc, prometheus.CounterValue, float64(sf.Errors))
+	}
 	c.w.reportLag.Collect(ch)
 }

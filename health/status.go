@@ -55,6 +55,15 @@ type Status struct {
 	InvalidAddressTotal uint64
 	// Publishes counts snapshots published since the start.
 	Publishes uint64
+	// Restored is when the state file the watcher started from was saved;
+	// zero if it started empty.
+	Restored time.Time
+}
+
+// ServingSaved reports whether some of the data served still comes from the
+// state file: restored at start and not yet read from Consul in full.
+func (s *Status) ServingSaved() bool {
+	return !s.Restored.IsZero() && !s.Synced()
 }
 
 // Synced reports whether every data set has been read successfully at least once.

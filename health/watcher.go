@@ -66,6 +66,13 @@ type WatcherConfig struct {
 	// 100 ms): a busy data set is read at most ten times a second, and a
 	// change still shows within a second.
 	MinInterval time.Duration `yaml:"-"`
+	// StateFile, if set, is where the last good catalog and load reports are
+	// kept, so that a restart while Consul is unreachable starts from them.
+	StateFile string `yaml:"state_file"`
+	// Datacenter names the Consul datacenter read (empty: the agent's own);
+	// a state file written for another one is not trusted. Wire it from
+	// ConsulConfig.Datacenter.
+	Datacenter string `yaml:"-"`
 }
 
 // withDefaults fills zero fields and validates; errors name the YAML keys.
@@ -74,10 +81,10 @@ func (c WatcherConfig) withDefaults() (WatcherConfig, error) {
 	if c.LoadPrefix == "" {
 		c.LoadPrefix = DefaultLoadPrefix
 	}
-	c.LoadPrefix = strings.Trim(path.Clean("/"+c.LoadPrefix), "/")
-	if c.LoadPrefix == "" {
-		errs = append(errs, errors.New("load_prefix: must not be the KV root"))
+	if err := CheckLoadPrefix(c.LoadPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("load_prefix: %w", err))
 	}
+	c.LoadPrefix = cleanPrefix(c.LoadPrefix)
 	c.MaxReportAge = cmpOr(c.MaxReportAge, DefaultMaxReportAge)
 	c.MaxStaleness = cmpOr(c.MaxStaleness, DefaultMaxStaleness)
 	c.WaitTime = cmpOr(c.WaitTime, min(DefaultMaxWaitTime, c.MaxStaleness/4))
@@ -96,12 +103,9 @@ func (c WatcherConfig) withDefaults() (WatcherConfig, error) {
 	seen := map[string]bool{}
 	c.Services = append([]ServiceConfig(nil), c.Services...) // never alias the caller's slice
 	for i, s := range c.Services {
-		switch {
-		case s.Name == "":
-			errs = append(errs, fmt.Errorf("services[%d].name: empty", i))
-		case strings.ContainsAny(s.Name, "/?#"):
-			errs = append(errs, fmt.Errorf("services[%d].name: %q is not a Consul service name", i, s.Name))
-		case seen[s.Name]:
+		if err := CheckServiceName(s.Name); err != nil {
+			errs = append(errs, fmt.Errorf("services[%d].name: %w", i, err))
+		} else if seen[s.Name] {
 			errs = append(errs, fmt.Errorf("services[%d].name: %q listed twice", i, s.Name))
 		}
 		seen[s.Name] = true
@@ -110,6 +114,34 @@ func (c WatcherConfig) withDefaults() (WatcherConfig, error) {
 		}
 	}
 	return c, errors.Join(errs...)
+}
+
+// CheckServiceName says why name cannot be watched as a Consul service, if
+// it cannot: it goes into the path of the HTTP API's URL.
+func CheckServiceName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty")
+	case strings.ContainsAny(name, "/?#"):
+		return fmt.Errorf("%q is not a Consul service name", name)
+	}
+	return nil
+}
+
+// CheckLoadPrefix says why p cannot be the KV prefix of load reports, if it
+// cannot; "" stands for DefaultLoadPrefix.
+func CheckLoadPrefix(p string) error {
+	if p != "" && cleanPrefix(p) == "" {
+		return errors.New("must not be the KV root")
+	}
+	return nil
+}
+
+func cleanPrefix(p string) string {
+	if p == "" {
+		p = DefaultLoadPrefix
+	}
+	return strings.Trim(path.Clean("/"+p), "/")
 }
 
 func cmpOr(v, def time.Duration) time.Duration {
@@ -130,6 +162,9 @@ type Watcher struct {
 	snap    atomic.Pointer[Snapshot]
 	status  atomic.Pointer[Status]
 
+	stateFile atomic.Pointer[StateFileStatus]
+	restored  *savedState // read from StateFile by NewWatcher; nil if none
+
 	reportLag prometheus.Histogram
 }
 
@@ -147,9 +182,18 @@ func NewWatcher(cfg WatcherConfig, client *api.Client, log *slog.Logger) (*Watch
 		log = slog.New(slog.DiscardHandler)
 	}
 	w := &Watcher{cfg: cfg, client: client, log: log, reportLag: newReportLag()}
-	snap, _ := newBuilder(&w.cfg, log).build(0, time.Now())
+	st := &Status{MaxStaleness: cfg.MaxStaleness, DataSets: w.initialDataSets()}
+	// The saved state is read here, not in Run, so that the first snapshot
+	// already holds it: a server started without Consul answers its pools
+	// from its very first query.
+	b := newBuilder(&w.cfg, log)
+	if w.restored = w.loadState(); w.restored != nil {
+		w.restored.fill(b)
+		st.Restored = w.restored.saved
+	}
+	snap, _ := b.build(0, time.Now())
 	w.snap.Store(snap)
-	w.status.Store(&Status{MaxStaleness: cfg.MaxStaleness, DataSets: w.initialDataSets()})
+	w.status.Store(st)
 	return w, nil
 }
 
@@ -201,17 +245,29 @@ func (w *Watcher) Run(ctx context.Context) error {
 	st.DataSets = append([]DataSetStatus(nil), st.DataSets...)
 	w.status.Store(&st)
 
-	updates := make(chan update, len(st.DataSets))
-	for i, d := range st.DataSets {
-		l := &loop{w: w, set: i, kind: d.Kind, name: d.Name, out: updates}
-		wg.Go(func() { l.run(ctx) })
-	}
-
-	b := newBuilder(&w.cfg, w.log)
-	b.reportLag = func(d time.Duration) { w.reportLag.Observe(d.Seconds()) }
 	staleTimer := time.NewTimer(time.Hour)
 	staleTimer.Stop()
 	defer staleTimer.Stop()
+	b := newBuilder(&w.cfg, w.log)
+	restored := w.restored
+	if restored != nil {
+		restored.fill(b)
+		w.rebuild(b, staleTimer) // arms the timer for the restored reports
+	}
+	b.reportLag = func(d time.Duration) { w.reportLag.Observe(d.Seconds()) }
+	sv := w.newSaver()
+	defer sv.close(b)
+
+	updates := make(chan update, len(st.DataSets))
+	for i, d := range st.DataSets {
+		l := &loop{w: w, set: i, kind: d.Kind, name: d.Name, out: updates}
+		if restored != nil {
+			// Never empty a restored data set on the word of a Consul
+			// that has no leader (see query).
+			l.prevKV, l.prevIns = restored.kv, restored.instances[d.Name]
+		}
+		wg.Go(func() { l.run(ctx) })
+	}
 	for {
 		var u update
 		select {
@@ -219,6 +275,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		case <-staleTimer.C:
 			w.rebuild(b, staleTimer)
+			continue
+		case <-sv.timer():
+			sv.save(b)
 			continue
 		case u = <-updates:
 		}
@@ -235,6 +294,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		if rebuild {
 			w.rebuild(b, staleTimer)
+			sv.changed()
 		}
 	}
 }

@@ -34,8 +34,11 @@ var unsupported = map[uint16]bool{
 
 func (b *builder) add(rr dns.RR, line int) {
 	h := rr.Header()
-	owner := dns.CanonicalName(h.Name)
+	owner, ok := CanonicalName(h.Name)
 	switch {
+	case !ok:
+		b.errorf(line, "%s: not a domain name", h.Name)
+		return
 	case h.Class != dns.ClassINET:
 		b.errorf(line, "%s: class %s: only IN is served", h.Name, dns.Class(h.Class))
 		return
@@ -147,14 +150,14 @@ func (b *builder) addEmptyNonTerminals(owner string) {
 // bind makes a name dynamic. The zone file may not hold records of the bound
 // types (or a CNAME) there: which of the two would answer is not obvious.
 func (b *builder) bind(bd Binding) {
-	name := dns.CanonicalName(bd.Name)
+	name, ok := CanonicalName(bd.Name)
 	if bd.Name == "@" {
 		name = b.origin
 	} else if !dns.IsFqdn(bd.Name) {
-		name = dns.CanonicalName(bd.Name + "." + b.origin)
+		name, ok = CanonicalName(bd.Name + "." + b.origin)
 	}
 	switch {
-	case !validName(name) || !dns.IsSubDomain(b.origin, name):
+	case !ok || !dns.IsSubDomain(b.origin, name):
 		b.errorf(0, "pool name %q is not in zone %s", bd.Name, b.origin)
 		return
 	case strings.HasPrefix(name, "*."):
@@ -196,9 +199,4 @@ func (b *builder) bind(bd Binding) {
 		}
 	}
 	n.dynamic = append(n.dynamic, Binding{Name: name, Types: bd.Types, Pool: bd.Pool, Children: bd.Children})
-}
-
-func validName(s string) bool {
-	_, ok := dns.IsDomainName(s)
-	return ok
 }

@@ -1,8 +1,6 @@
 package zones
 
 import (
-	"strings"
-
 	"github.com/miekg/dns"
 )
 
@@ -65,13 +63,19 @@ type Result struct {
 const maxChain = 16
 
 // Lookup answers qname/qtype from the zone. qname must be at or below the
-// origin. The owner names of answer records keep the case of the question
-// where they are synthesised (wildcards, DNAME) and the zone's case otherwise.
+// origin, in any case and spelling (see CanonicalName). The owner names of
+// answer records keep the spelling of the question where they are
+// synthesised (wildcards, DNAME) and the zone's spelling otherwise.
 func (z *Zone) Lookup(qname string, qtype uint16) Result {
 	var res Result
 	name := qname
 	for range maxChain {
-		lname := dns.CanonicalName(name)
+		lname, ok := CanonicalName(name)
+		if !ok {
+			// Only a question can be no name: targets were checked.
+			res.Outcome = NameError
+			return res
+		}
 		n, cut, dname, ce := z.find(lname, qtype)
 		switch {
 		case cut != "":
@@ -81,10 +85,13 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 			res.Extra = z.addresses(res.Extra, ns, true)
 			return res
 		case dname != nil:
-			// RFC 6672 section 3: the DNAME itself, then a CNAME made for this name.
-			target := name[:len(name)-len(dname.Hdr.Name)] + dname.Target
+			// RFC 6672 section 3: the DNAME itself, then a CNAME made for this
+			// name. The labels above the DNAME's owner are counted, not its
+			// characters: the two may spell the same labels differently.
+			i, _ := dns.PrevLabel(name, dns.CountLabel(dname.Hdr.Name))
+			target := name[:i] + dname.Target
 			res.Answer = append(res.Answer, dname)
-			if _, ok := dns.IsDomainName(target); !ok || len(target) > 255 {
+			if _, ok := CanonicalName(target); !ok { // longer than 255 octets
 				res.Outcome = NameTooLong
 				return res
 			}
@@ -93,7 +100,7 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 				Target: target,
 			})
 			// The synthesised CNAME answers a CNAME question; else chase it.
-			if qtype == dns.TypeCNAME || !dns.IsSubDomain(z.Origin, dns.CanonicalName(target)) {
+			if qtype == dns.TypeCNAME || !z.holds(target) {
 				res.Outcome = Success
 				return res
 			}
@@ -148,7 +155,7 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 		}
 		res.Answer = appendOwned(res.Answer, cname, name, res.Wildcard)
 		target := cname[0].(*dns.CNAME).Target
-		if !dns.IsSubDomain(z.Origin, dns.CanonicalName(target)) || inChain(res.Answer, target) {
+		if !z.holds(target) || inChain(res.Answer, target) {
 			// The rest of the chain is another server's to answer, or the
 			// chain loops: the resolver will find the loop just the same.
 			res.Outcome = Success
@@ -161,10 +168,17 @@ func (z *Zone) Lookup(qname string, qtype uint16) Result {
 	return res
 }
 
+// holds reports whether name is at or below the origin.
+func (z *Zone) holds(name string) bool {
+	lname, ok := CanonicalName(name)
+	return ok && dns.IsSubDomain(z.Origin, lname)
+}
+
 // inChain reports whether name already owns a record of the chain.
 func inChain(chain []dns.RR, name string) bool {
+	lname, _ := CanonicalName(name)
 	for _, rr := range chain {
-		if strings.EqualFold(rr.Header().Name, name) {
+		if owner, _ := CanonicalName(rr.Header().Name); owner == lname {
 			return true
 		}
 	}
@@ -237,8 +251,8 @@ func (z *Zone) addresses(dst, rrs []dns.RR, glue bool) []dns.RR {
 		default:
 			continue
 		}
-		target = dns.CanonicalName(target)
-		if !dns.IsSubDomain(z.Origin, target) {
+		target, ok := CanonicalName(target)
+		if !ok || !dns.IsSubDomain(z.Origin, target) {
 			continue
 		}
 		if !glue && z.occluded(target) {

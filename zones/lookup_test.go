@@ -189,3 +189,118 @@ func TestSetFind(t *testing.T) {
 		t.Error("a zone configured twice was accepted")
 	}
 }
+
+// wireText renders records as rrText does, after a trip through wire form:
+// `\097bc` and `abc` are one name, and so read the same.
+func wireText(t testing.TB, rrs []dns.RR) string {
+	t.Helper()
+	out := make([]dns.RR, len(rrs))
+	buf := make([]byte, dns.MaxMsgSize)
+	for i, rr := range rrs {
+		n, err := dns.PackRR(rr, buf, 0, nil, false)
+		if err != nil {
+			t.Fatalf("%v: %v", rr, err)
+		}
+		if out[i], _, err = dns.UnpackRR(buf[:n], 0); err != nil {
+			t.Fatalf("%v: %v", rr, err)
+		}
+	}
+	return rrText(out)
+}
+
+// TestLookupEscapedNames asks for names written with escapes, in the zone
+// file and in the question, in every spelling: one name on the wire is one
+// name, whichever way it is written (RFC 1035 section 5.1), and only ASCII
+// letters compare without case (RFC 4343).
+func TestLookupEscapedNames(t *testing.T) {
+	z, err := Load("escaped.example.", "testdata/escaped.example.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const o = ".escaped.example."
+	high60 := strings.Repeat(`\200`, 60)
+	tests := []struct {
+		qname    string
+		qtype    uint16
+		outcome  Outcome
+		wildcard bool
+		answer   []string
+		extra    []string
+	}{
+		{qname: "abc" + o, qtype: dns.TypeA, outcome: Success, answer: []string{"abc" + o + " 3600 IN A 192.0.2.1"}},
+		{qname: "abc" + o, qtype: dns.TypeTXT, outcome: NoData},
+		{qname: `\097bc` + o, qtype: dns.TypeTXT, outcome: NoData},
+		{qname: `\097bc` + o, qtype: dns.TypeA, outcome: Success, answer: []string{"abc" + o + " 3600 IN A 192.0.2.1"}},
+		{qname: `\065BC` + o, qtype: dns.TypeA, outcome: Success, answer: []string{"abc" + o + " 3600 IN A 192.0.2.1"}},
+		{qname: "aBc.ESCAPED.example.", qtype: dns.TypeA, outcome: Success, answer: []string{"abc" + o + " 3600 IN A 192.0.2.1"}},
+
+		{qname: `esc\.dot` + o, qtype: dns.TypeA, outcome: Success, answer: []string{`esc\.dot` + o + " 3600 IN A 192.0.2.2"}},
+		{qname: `ESC\046dot` + o, qtype: dns.TypeTXT, outcome: Success, answer: []string{`esc\.dot` + o + ` 3600 IN TXT "one label"`}},
+		{qname: `esc\.dot` + o, qtype: dns.TypeMX, outcome: NoData},
+		// Two labels, not the one above.
+		{qname: "esc.dot" + o, qtype: dns.TypeA, outcome: Success, answer: []string{"esc.dot" + o + " 3600 IN A 192.0.2.9"}},
+		{qname: "esc.dot" + o, qtype: dns.TypeTXT, outcome: NoData},
+		{qname: "dot" + o, qtype: dns.TypeA, outcome: NoData}, // empty non-terminal
+		{qname: "x.esc.dot" + o, qtype: dns.TypeA, outcome: NameError},
+		// The wildcard under the escaped label.
+		{qname: `x.esc\.dot` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{`x.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
+		{qname: `Y.z.ESC\046DOT` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{`y.z.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
+		{qname: `x.esc\.dot` + o, qtype: dns.TypeTXT, outcome: NoData, wildcard: true},
+		{qname: `x.W\.ILD` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{`x.w\.ild` + o + " 3600 IN A 192.0.2.11"}},
+		{qname: `*.esc\.dot` + o, qtype: dns.TypeA, outcome: Success, answer: []string{`*.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
+
+		{qname: `sp\032ace` + o, qtype: dns.TypeA, outcome: Success, answer: []string{`sp\ ace` + o + " 3600 IN A 192.0.2.4"}},
+		{qname: `SP\ ACE` + o, qtype: dns.TypeTXT, outcome: Success, answer: []string{`sp\ ace` + o + ` 3600 IN TXT "space"`}},
+		{qname: "space" + o, qtype: dns.TypeA, outcome: NameError},
+
+		// \200 is no letter: it is neither lowered nor mangled, however written.
+		{qname: `hi\200bit` + o, qtype: dns.TypeA, outcome: Success, answer: []string{`hi\200bit` + o + " 3600 IN A 192.0.2.5"}},
+		{qname: `HI\200BIT` + o, qtype: dns.TypeTXT, outcome: Success, answer: []string{`hi\200bit` + o + ` 3600 IN TXT "high bit"`}},
+		{qname: "hi\xc8bit" + o, qtype: dns.TypeA, outcome: Success, answer: []string{`hi\200bit` + o + " 3600 IN A 192.0.2.5"}},
+		{qname: `hi\201bit` + o, qtype: dns.TypeA, outcome: NameError},
+		{qname: `hi\232bit` + o, qtype: dns.TypeA, outcome: NameError}, // \200 + 32: "lowered" as if Latin-1
+		{qname: "hi\uFFFDbit" + o, qtype: dns.TypeA, outcome: NameError},
+
+		{qname: "mixed" + o, qtype: dns.TypeA, outcome: Success, answer: []string{"mixed" + o + " 3600 IN A 192.0.2.6"}},
+		{qname: `back\\slash` + o, qtype: dns.TypeA, outcome: Success, answer: []string{`back\\slash` + o + " 3600 IN A 192.0.2.7"}},
+		{qname: `back\092SLASH` + o, qtype: dns.TypeA, outcome: Success, answer: []string{`back\\slash` + o + " 3600 IN A 192.0.2.7"}},
+
+		// Chains whose targets are written with escapes.
+		{qname: `at\@sign` + o, qtype: dns.TypeA, outcome: Success, answer: []string{
+			`at\@sign` + o + ` 3600 IN CNAME esc\.dot` + o,
+			`esc\.dot` + o + " 3600 IN A 192.0.2.2"}},
+		{qname: "to-abc" + o, qtype: dns.TypeA, outcome: Success, answer: []string{
+			"to-abc" + o + " 3600 IN CNAME abc" + o,
+			"abc" + o + " 3600 IN A 192.0.2.1"}},
+		{qname: `x.d\046name` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{
+			`d\.name` + o + ` 3600 IN DNAME esc\.dot` + o,
+			`x.d\.name` + o + ` 3600 IN CNAME x.esc\.dot` + o,
+			`x.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
+		// 60 octets written in 240 characters: the substituted name is
+		// longer than 255 characters but not than 255 octets.
+		{qname: high60 + `.d\.name` + o, qtype: dns.TypeA, outcome: Success, wildcard: true, answer: []string{
+			`d\.name` + o + ` 3600 IN DNAME esc\.dot` + o,
+			high60 + `.d\.name` + o + " 3600 IN CNAME " + high60 + `.esc\.dot` + o,
+			high60 + `.esc\.dot` + o + " 3600 IN A 192.0.2.3"}},
+		// 255 octets, and esc.dot is one longer than d.name: YXDOMAIN.
+		{qname: high60 + "." + high60 + "." + high60 + "." + strings.Repeat("a", 47) + `.d\.name` + o, qtype: dns.TypeA,
+			outcome: NameTooLong, answer: []string{`d\.name` + o + ` 3600 IN DNAME esc\.dot` + o}},
+		{qname: "escaped.example.", qtype: dns.TypeMX, outcome: Success,
+			answer: []string{"escaped.example. 3600 IN MX 10 mail" + o},
+			extra:  []string{"mail" + o + " 3600 IN A 192.0.2.25"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.qname+"/"+dns.TypeToString[tt.qtype], func(t *testing.T) {
+			res := z.Lookup(tt.qname, tt.qtype)
+			if res.Outcome != tt.outcome || res.Wildcard != tt.wildcard {
+				t.Errorf("outcome %v wildcard %v, want %v wildcard %v", res.Outcome, res.Wildcard, tt.outcome, tt.wildcard)
+			}
+			if got, want := wireText(t, res.Answer), wireText(t, parseRRs(t, tt.answer)); got != want {
+				t.Errorf("answer:\n%s\nwant:\n%s", got, want)
+			}
+			if got, want := wireText(t, res.Extra), wireText(t, parseRRs(t, tt.extra)); got != want {
+				t.Errorf("additional:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}

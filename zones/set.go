@@ -23,11 +23,15 @@ func NewSet(zs ...*Zone) (*Set, error) {
 	return s, nil
 }
 
-// Find returns the zone with the longest origin at or above lname, the
-// lower-case name of a question, or nil when no zone holds it. A zone that is
-// delegated from a parent zone in the same set takes precedence, as it is the
-// more specific authority.
-func (s *Set) Find(lname string) *Zone {
+// Find returns the zone with the longest origin at or above name, the name
+// of a question in any case and spelling, or nil when no zone holds it. A
+// zone that is delegated from a parent zone in the same set takes
+// precedence, as it is the more specific authority.
+func (s *Set) Find(name string) *Zone {
+	lname, ok := CanonicalName(name)
+	if !ok {
+		return nil
+	}
 	for i, end := 0, false; !end; i, end = dns.NextLabel(lname, i) {
 		if z := s.zones[lname[i:]]; z != nil {
 			return z

@@ -20,13 +20,13 @@ import (
 // Zone is one parsed zone. It is immutable once built: a reload parses a whole
 // new Zone and swaps it in, so readers never lock.
 type Zone struct {
-	// Origin is the zone apex, lower case and fully qualified.
+	// Origin is the zone apex, as CanonicalName spells it.
 	Origin string
 	// File is where the zone was read from, for messages.
 	File string
 
 	soa   *dns.SOA
-	nodes map[string]*node // by lower-case owner name
+	nodes map[string]*node // by owner name, as CanonicalName spells it
 	// records counts the resource records, for summaries.
 	records int
 }
@@ -108,15 +108,15 @@ func (z *Zone) Names() int { return len(z.nodes) }
 // All returns every record of the zone, SOA first, in a stable order: what a
 // zone transfer sends between the two SOA records.
 func (z *Zone) All() []dns.RR {
-	names := make([]string, 0, len(z.nodes))
+	names := make([]ordered, 0, len(z.nodes))
 	for name := range z.nodes {
-		names = append(names, name)
+		names = append(names, ordered{name, wireLabels(name)})
 	}
 	slices.SortFunc(names, compareCanonical)
 	all := make([]dns.RR, 0, z.records)
 	all = append(all, z.soa)
 	for _, name := range names {
-		for _, set := range z.nodes[name].rrsets {
+		for _, set := range z.nodes[name.name].rrsets {
 			if set.typ != dns.TypeSOA {
 				all = append(all, set.rrs...)
 			}
@@ -125,10 +125,28 @@ func (z *Zone) All() []dns.RR {
 	return all
 }
 
+// ordered is a name with its labels as octets, for sorting.
+type ordered struct {
+	name   string
+	labels []string // left to right, escapes undone
+}
+
+// wireLabels splits name, as CanonicalName spells it, into its labels.
+func wireLabels(name string) []string {
+	var wire [256]byte
+	n, _ := dns.PackDomainName(name, wire[:], 0, nil, false)
+	var labels []string
+	for off := 0; off < n && wire[off] != 0; off += 1 + int(wire[off]) {
+		labels = append(labels, string(wire[off+1:off+1+int(wire[off])]))
+	}
+	return labels
+}
+
 // compareCanonical orders names as RFC 4034 section 6.1 does: label by label
-// from the right.
-func compareCanonical(a, b string) int {
-	la, lb := dns.SplitDomainName(a), dns.SplitDomainName(b)
+// from the right, each label as a string of octets (so `\001` sorts before
+// `*`, though a backslash does not).
+func compareCanonical(a, b ordered) int {
+	la, lb := a.labels, b.labels
 	for i, j := len(la)-1, len(lb)-1; i >= 0 && j >= 0; i, j = i-1, j-1 {
 		if c := strings.Compare(la[i], lb[j]); c != 0 {
 			return c
@@ -210,8 +228,8 @@ func (l *lineReader) Read(p []byte) (int, error) {
 // bindings. name is used in messages. $INCLUDE is refused: a zone is one
 // file, so a reload reads exactly what the operator named and nothing else.
 func Parse(origin, name string, r io.Reader, bindings ...Binding) (*Zone, error) {
-	origin = dns.CanonicalName(origin)
-	if _, ok := dns.IsDomainName(origin); !ok {
+	origin, ok := CanonicalName(origin)
+	if !ok {
 		return nil, fmt.Errorf("zone %q: not a domain name", origin)
 	}
 	br, ok := r.(io.ByteReader)
@@ -263,8 +281,8 @@ func parseMessage(err error) (int, string) {
 }
 
 // Walk calls fn for every owner name of the zone (empty non-terminals
-// included) with the types it holds, in no particular order. types is only
-// valid during the call.
+// included), spelled as CanonicalName spells it, with the types it holds, in
+// no particular order. types is only valid during the call.
 func (z *Zone) Walk(fn func(name string, types []uint16)) {
 	var types []uint16
 	for name, n := range z.nodes {

@@ -1,6 +1,7 @@
 package zones
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -165,5 +166,68 @@ func TestBindingErrors(t *testing.T) {
 		Binding{Name: "@", Types: ab, Pool: 1}, Binding{Name: "example.org.", Types: []uint16{dns.TypeA}, Pool: 2})
 	if err == nil || !strings.Contains(err.Error(), "A is bound to two pools") {
 		t.Errorf("two pools on one name: %v", err)
+	}
+}
+
+// TestSpellingsMeet writes an origin, a pool name and a question each its
+// own way: all of them must reach the same names.
+func TestSpellingsMeet(t *testing.T) {
+	z, err := Parse(`F\065RM.example`, "test.zone", strings.NewReader(minimal+"web A 192.0.2.9\n"),
+		Binding{Name: `\112ool`, Types: []uint16{dns.TypeA}, Pool: 1},
+		Binding{Name: `t\.gts.farm.EXAMPLE.`, Children: true, Pool: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z.Origin != "farm.example." {
+		t.Errorf("origin %q", z.Origin)
+	}
+	s, err := NewSet(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"farm.example.", "WEB.FARM.EXAMPLE.", `\102arm.example.`, `pool.f\097rm.example.`} {
+		if s.Find(name) != z {
+			t.Errorf("Find(%s) = nil", name)
+		}
+	}
+	if s.Find("farm\\.example.") != nil {
+		t.Error(`farm\.example. is one label, not the zone`)
+	}
+	if res := z.Lookup("POOL.farm.example.", dns.TypeA); res.Outcome != Dynamic || res.Pool != 1 {
+		t.Errorf("pool: %v %d", res.Outcome, res.Pool)
+	}
+	if res := z.Lookup(`Web-1.T\046GTS.farm.example.`, dns.TypeA); res.Outcome != Dynamic || res.Pool != 2 || res.Label != "web-1" {
+		t.Errorf("pool child: %v %d %q", res.Outcome, res.Pool, res.Label)
+	}
+	if _, err := Parse("farm.example.", "test.zone", strings.NewReader(minimal+"p A 192.0.2.9\n"),
+		Binding{Name: `\080`, Types: []uint16{dns.TypeA}, Pool: 1}); err == nil {
+		t.Error(`pool \080 (P) was bound over the static A of p`)
+	}
+}
+
+// TestAllCanonicalOrder transfers the names of RFC 4034 section 6.1's
+// example in the order it gives: octets, not their escapes, are compared.
+func TestAllCanonicalOrder(t *testing.T) {
+	z := mustParse(t, "example.", `@ SOA ns.other. hostmaster 1 7200 3600 1209600 300
+@ NS ns.other.
+\200.z A 192.0.2.1
+*.z A 192.0.2.1
+\001.z A 192.0.2.1
+z A 192.0.2.1
+zABC.a.EXAMPLE. A 192.0.2.1
+Z.a A 192.0.2.1
+yljkjljk.a A 192.0.2.1
+a A 192.0.2.1
+`)
+	var got []string
+	for _, rr := range z.All() {
+		if name, _ := CanonicalName(rr.Header().Name); len(got) == 0 || got[len(got)-1] != name {
+			got = append(got, name)
+		}
+	}
+	want := []string{"example.", "a.example.", "yljkjljk.a.example.", "z.a.example.", "zabc.a.example.",
+		"z.example.", `\001.z.example.`, "*.z.example.", `\200.z.example.`}
+	if !slices.Equal(got, want) {
+		t.Errorf("order:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/health"
 )
 
@@ -55,6 +56,8 @@ type Agent struct {
 	status    atomic.Pointer[reportStatus] // reporting side's state
 	counted   chan struct{}                // a new sample is in latest (capacity 1)
 	drainReqs chan bool                    // true: finish the drain now
+	guard     *adminhttp.Guard             // in front of POST /drain
+	asked     atomic.Bool                  // a drain was requested over HTTP
 }
 
 // newAgent wires an agent; it starts nothing.
@@ -63,6 +66,7 @@ func newAgent(cfg *settings, log *slog.Logger, src source, rep *health.Reporter,
 		cfg: cfg, log: log, src: src, rep: rep, m: m,
 		counted:   make(chan struct{}, 1),
 		drainReqs: make(chan bool, 4),
+		guard:     adminhttp.NewGuard(cfg.httpToken, log),
 	}
 	a.status.Store(&reportStatus{Consul: "unknown", ServiceID: cfg.serviceID, Node: cfg.node})
 	m.info.WithLabelValues(cfg.service, src.name()).Set(1)

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/health/consultest"
 )
@@ -573,7 +574,18 @@ func TestHTTPEndpoints(t *testing.T) {
 			t.Errorf("/metrics lacks %s", name)
 		}
 	}
-	resp, err := http.Post(base+"/drain", "", nil)
+	// Refused without the admin header (a form post from any web page).
+	resp, err := http.Post(base+"/drain", "application/x-www-form-urlencoded", strings.NewReader("x=1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("POST /drain without the admin header: %s", resp.Status)
+	}
+	req, _ := http.NewRequest(http.MethodPost, base+"/drain", nil)
+	adminhttp.Token{}.Authorize(req)
+	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

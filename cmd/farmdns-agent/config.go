@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/farmdns/farmdns/cmd/farmdns-agent/conncount"
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/health"
 )
 
@@ -144,6 +145,9 @@ type HTTPConfig struct {
 	// Listen is the address of /metrics, /healthz and /drain; default
 	// 127.0.0.1:9154; "off" disables the endpoint.
 	Listen string `yaml:"listen"`
+	// TokenFile holds a bearer token that lets POST /drain come from
+	// anywhere; without it only local requests with the admin header may.
+	TokenFile string `yaml:"token_file"`
 }
 
 // LogConfig is the `log:` block.
@@ -178,8 +182,10 @@ type settings struct {
 	grace      time.Duration
 	drainUntil int64
 
-	listen   string
-	logLevel slog.Level
+	listen    string
+	httpToken adminhttp.Token // from http.token_file; never printed
+	httpIdle  time.Duration   // adminhttp.IdleTimeout; tests shorten it
+	logLevel  slog.Level
 }
 
 const (
@@ -410,6 +416,14 @@ func (c *Config) validate() (*settings, error) {
 			bad("http.listen", "%q: bad port", l)
 		}
 		s.listen = l
+	}
+	s.httpIdle = adminhttp.IdleTimeout
+	if c.HTTP.TokenFile != "" {
+		tok, err := adminhttp.ReadToken(c.HTTP.TokenFile)
+		if err != nil {
+			bad("http.token_file", "%v", err)
+		}
+		s.httpToken = tok
 	}
 
 	// log

@@ -27,7 +27,8 @@ type healthz struct {
 	Report *reportStatus `json:"report"`
 }
 
-// handler serves /metrics, /healthz and POST /drain.
+// handler serves /metrics, /healthz and POST /drain (guarded: see
+// adminhttp).
 //
 // /healthz answers 200 while counting works (a count in the last three
 // intervals) and 503 otherwise. A Consul outage does not make the agent
@@ -49,10 +50,12 @@ func (a *Agent) handler(reg *prometheus.Registry) http.Handler {
 		}
 		writeJSON(w, code, h)
 	})
-	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
+	// Draining empties the node: only a local tool or a token holder may.
+	mux.Handle("POST /drain", a.guard.Protect(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.asked.Store(true)
 		a.RequestDrain(false)
 		writeJSON(w, http.StatusAccepted, map[string]any{"draining": true, "grace": a.cfg.grace.String()})
-	})
+	})))
 	return mux
 }
 

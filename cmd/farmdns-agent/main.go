@@ -11,7 +11,9 @@
 //
 // SIGTERM or SIGINT drains: maintenance mode on, keep reporting while
 // connections bleed off (drain.grace at most), deregister, exit 0. A second
-// signal skips the wait. See README-agent.md.
+// signal skips the wait. A drain asked over HTTP ("farmdns-agent drain")
+// ends with exit status 10 instead, so that the service manager leaves the
+// node drained, and shows it. See README-agent.md.
 package main
 
 import (
@@ -32,17 +34,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/health"
 )
 
 const defaultConfigPath = "/etc/farmdns/agent.yaml"
 
+// exitDrainedOnRequest is the exit status after a drain that was asked over
+// HTTP, not by a signal: the node is out of the pool on purpose, and
+// farmdns-agent.service (RestartPreventExitStatus) must not undo that by
+// restarting the agent, which would register the node again.
+const exitDrainedOnRequest = 10
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// run is main without the process exit, for tests. Exit codes: 0 done, 1
-// runtime failure, 2 bad usage or configuration.
+// run is main without the process exit, for tests. Exit codes: 0 done
+// (drained on a signal), 1 runtime failure, 2 bad usage or configuration,
+// exitDrainedOnRequest drained on request over HTTP.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "drain" {
 		return runDrain(args[1:], stdout, stderr)
@@ -72,29 +82,35 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	if err := serve(context.Background(), cfg, log, sigs); err != nil {
+	asked, err := serve(context.Background(), cfg, log, sigs)
+	if err != nil {
 		log.Error("farmdns-agent stopped", "err", err)
 		return 1
+	}
+	if asked {
+		log.Info("drained on request; the node stays out of the pool until the agent is started again", "exit", exitDrainedOnRequest)
+		return exitDrainedOnRequest
 	}
 	return 0
 }
 
 // serve wires the agent and runs it until it has drained. Each signal on
-// sigs requests a drain; the second one finishes it without waiting.
-func serve(ctx context.Context, cfg *settings, log *slog.Logger, sigs <-chan os.Signal) error {
+// sigs requests a drain; the second one finishes it without waiting. asked
+// reports a drain that was asked over HTTP and by no signal.
+func serve(ctx context.Context, cfg *settings, log *slog.Logger, sigs <-chan os.Signal) (asked bool, err error) {
 	client, err := cfg.consul.Client()
 	if err != nil {
-		return err
+		return false, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := newMetrics(reg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	src, err := newSource(cfg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer src.close()
 	agent := newAgent(cfg, log, src, health.NewReporter(client, cfg.prefix), m)
@@ -104,9 +120,9 @@ func serve(ctx context.Context, cfg *settings, log *slog.Logger, sigs <-chan os.
 	if cfg.listen != "" {
 		ln, err := net.Listen("tcp", cfg.listen)
 		if err != nil {
-			return fmt.Errorf("http.listen: %w", err)
+			return false, fmt.Errorf("http.listen: %w", err)
 		}
-		srv = &http.Server{Handler: agent.handler(reg), ReadHeaderTimeout: 5 * time.Second}
+		srv = adminhttp.NewServer(agent.handler(reg), cfg.httpIdle, log)
 		go func() { httpDone <- srv.Serve(ln) }()
 		log.Info("serving /metrics, /healthz and POST /drain", "addr", ln.Addr().String())
 	}
@@ -114,9 +130,9 @@ func serve(ctx context.Context, cfg *settings, log *slog.Logger, sigs <-chan os.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sigDone := make(chan struct{})
+	n := 0 // signals received; read after sigDone
 	go func() {
 		defer close(sigDone)
-		n := 0
 		for {
 			select {
 			case <-ctx.Done():
@@ -145,7 +161,7 @@ func serve(ctx context.Context, cfg *settings, log *slog.Logger, sigs <-chan os.
 		defer scancel()
 		_ = srv.Shutdown(sctx)
 	}
-	return err
+	return err == nil && n == 0 && agent.asked.Load(), err
 }
 
 // runDrain implements "farmdns-agent drain": ask the agent configured in the
@@ -170,7 +186,15 @@ func runDrain(args []string, stdout, stderr io.Writer) int {
 	}
 	base := "http://" + dialable(cfg.listen)
 	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Post(base+"/drain", "", nil)
+	req, err := http.NewRequest(http.MethodPost, base+"/drain", nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "farmdns-agent drain: %v\n", err)
+		return 2
+	}
+	// What the agent's guard asks of a local client, and the token if the
+	// config names one (the same file the agent read).
+	cfg.httpToken.Authorize(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintf(stderr, "farmdns-agent drain: %v\n", err)
 		return 1

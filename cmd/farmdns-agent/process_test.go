@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -176,8 +177,12 @@ func TestProcessDrainCommand(t *testing.T) {
 	if code := run([]string{"drain", "-config", cfgPath, "-wait", waitBound.String()}, &out, &errb); code != 0 {
 		t.Fatalf("drain: exit %d\n%s%s", code, out.String(), errb.String())
 	}
-	if err := p.wait(t); err != nil {
-		t.Fatalf("agent exit: %v", err)
+	// A drain that no signal asked for ends with exitDrainedOnRequest, so
+	// that systemd (RestartPreventExitStatus) leaves the node drained and
+	// shows it.
+	var exit *exec.ExitError
+	if err := p.wait(t); !errors.As(err, &exit) || exit.ExitCode() != exitDrainedOnRequest {
+		t.Fatalf("agent exit: %v, want exit status %d", err, exitDrainedOnRequest)
 	}
 	if registeredIn(consul, id) {
 		t.Error("still registered after drain")

@@ -2,7 +2,7 @@
 //
 //	farmdns-demo node -listen 127.0.0.11:8081
 //	    a stand-in WebSocket server: accepts TCP connections and holds them
-//	farmdns-demo clients -dns 127.0.0.1:5353 -name _ws._tcp.farm.example.com -rate 20 -count 400
+//	farmdns-demo clients -dns 127.0.0.1:5380 -name _ws._tcp.farm.example.com -rate 20 -count 400
 //	    clients that look the farm up in farmdns (SRV: port and address) and
 //	    connect to the first record, as long-lived clients do, then stay
 package main
@@ -72,7 +72,7 @@ func node(ctx context.Context, args []string) error {
 // clients opens count connections at rate per second to what farmdns answers.
 func clients(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("clients", flag.ExitOnError)
-	server := fs.String("dns", "127.0.0.1:5353", "farmdns address")
+	server := fs.String("dns", "127.0.0.1:5380", "farmdns address")
 	name := fs.String("name", "_ws._tcp.farm.example.com.", "SRV name to look up")
 	rate := fs.Float64("rate", 20, "new clients per second")
 	count := fs.Int("count", 400, "clients in all")

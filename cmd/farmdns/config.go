@@ -17,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 	"gopkg.in/yaml.v3"
 
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/dnsserver/rrl"
 	"github.com/farmdns/farmdns/health"
@@ -85,6 +86,13 @@ type RRLConfig struct {
 // HTTPConfig is the `http:` block.
 type HTTPConfig struct {
 	Listen string `yaml:"listen"`
+	// TokenFile holds a bearer token that lets a request change state
+	// (POST /debug/querylog) from anywhere; without it only local requests
+	// with the admin header may. Read at start and on every reload.
+	TokenFile string `yaml:"token_file"`
+
+	token       adminhttp.Token // read from TokenFile; never printed
+	idleTimeout time.Duration   // adminhttp.IdleTimeout; tests shorten it
 }
 
 // LogConfig is the `log:` block.
@@ -102,6 +110,9 @@ type ConsulSection struct {
 	LoadPrefix          string        `yaml:"load_prefix"`
 	MaxReportAge        time.Duration `yaml:"max_report_age"`
 	MaxStaleness        time.Duration `yaml:"max_staleness"`
+	// StateFile keeps the last good catalog and loads for a start without
+	// Consul; relative to the config file's directory.
+	StateFile string `yaml:"state_file"`
 }
 
 // ZoneConfig is one entry of `zones:`.
@@ -187,7 +198,7 @@ func parseConfig(b []byte) (*Config, error) {
 
 func (c *Config) setDefaults() {
 	if len(c.DNS.Listen) == 0 {
-		c.DNS.Listen = []string{"127.0.0.1:5353"}
+		c.DNS.Listen = []string{"127.0.0.1:5380"}
 	}
 	if c.DNS.NSID == nil {
 		host, _ := os.Hostname()
@@ -224,6 +235,7 @@ func (c *Config) setDefaults() {
 	if c.HTTP.Listen == "" {
 		c.HTTP.Listen = "127.0.0.1:9153"
 	}
+	c.HTTP.idleTimeout = adminhttp.IdleTimeout
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -242,14 +254,21 @@ func (c *Config) validate() error {
 			bad(fmt.Sprintf("dns.listen[%d]", i), "%q is not host:port", addr)
 		}
 	}
+	if n := len(*c.DNS.NSID); n > dnsserver.MaxNSID {
+		// An identifier needs no more; a longer one would crowd the answers
+		// out of small replies, or overflow its option.
+		bad("dns.nsid", "%d octets, longer than %d", n, dnsserver.MaxNSID)
+	}
 	if c.DNS.MaxUDPSize < dns.MinMsgSize || c.DNS.MaxUDPSize > dns.MaxMsgSize {
 		bad("dns.max_udp_size", "%d is not between 512 and 65535", c.DNS.MaxUDPSize)
 	}
-	if c.DNS.TCPIdleTimeout < 0 {
-		bad("dns.tcp_idle_timeout", "must be positive")
+	// Under a second, a query may not arrive whole in time (the idle timeout
+	// also bounds that); a long one lets idle clients sit on slots.
+	if d := c.DNS.TCPIdleTimeout; d < time.Second || d > 10*time.Minute {
+		bad("dns.tcp_idle_timeout", "%s is not between 1s and 10m0s", d)
 	}
-	if c.DNS.MaxTCPConnections < 0 {
-		bad("dns.max_tcp_connections", "must be positive")
+	if n := c.DNS.MaxTCPConnections; n < 1 || n > 1_000_000 {
+		bad("dns.max_tcp_connections", "%d is not between 1 and 1000000", n)
 	}
 	for key, list := range map[string][]string{"dns.transfer_allow": c.DNS.TransferAllow, "dns.status_allow": c.DNS.StatusAllow} {
 		for i, s := range list {
@@ -261,6 +280,13 @@ func (c *Config) validate() error {
 	c.DNS.RRL.validate(bad)
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen", "%q is not host:port", c.HTTP.Listen)
+	}
+	if c.HTTP.TokenFile != "" {
+		tok, err := adminhttp.ReadToken(c.HTTP.TokenFile)
+		if err != nil {
+			bad("http.token_file", "%v", err)
+		}
+		c.HTTP.token = tok
 	}
 	if _, err := logLevel(c.Log.Level); err != nil {
 		bad("log.level", "%v", err)
@@ -297,6 +323,14 @@ func (c *Config) validate() error {
 			if p.Service == "" {
 				bad(pkey+".service", "missing")
 			}
+			for _, svc := range []struct{ key, name string }{{".service", p.Service}, {".lb_service", p.LBService}} {
+				if svc.name == "" {
+					continue // missing or not needed: said above and below
+				}
+				if err := health.CheckServiceName(svc.name); err != nil {
+					bad(pkey+svc.key, "%v", err)
+				}
+			}
 			pc := p.policyConfig()
 			if err := pc.Validate(); err != nil {
 				bad(pkey, "%v", err)
@@ -313,9 +347,19 @@ func (c *Config) validate() error {
 		if err := c.Consul.Validate(); err != nil {
 			errs = append(errs, err)
 		}
+		if err := health.CheckLoadPrefix(c.Consul.LoadPrefix); err != nil {
+			bad("consul.load_prefix", "%v", err)
+		}
 		for key, d := range map[string]time.Duration{"consul.max_report_age": c.Consul.MaxReportAge, "consul.max_staleness": c.Consul.MaxStaleness} {
 			if d < 0 {
 				bad(key, "must be positive")
+			}
+		}
+		if f := c.stateFile(); f != "" {
+			if fi, err := os.Stat(filepath.Dir(f)); err != nil || !fi.IsDir() {
+				bad("consul.state_file", "directory of %s does not exist", f)
+			} else if fi, err := os.Stat(f); err == nil && !fi.Mode().IsRegular() {
+				bad("consul.state_file", "%s is not a regular file", f)
 			}
 		}
 	}
@@ -398,6 +442,8 @@ func (c *Config) watcherConfig() health.WatcherConfig {
 		MaxReportAge: c.Consul.MaxReportAge,
 		MaxStaleness: c.Consul.MaxStaleness,
 		AllowStale:   c.Consul.AllowStale,
+		StateFile:    c.stateFile(),
+		Datacenter:   c.Consul.Datacenter,
 	}
 	seen := map[string]bool{}
 	for _, z := range c.Zones {
@@ -438,6 +484,14 @@ func prefixes(list []string) []netip.Prefix {
 		out = append(out, p)
 	}
 	return out
+}
+
+// stateFile resolves consul.state_file against the config file's directory.
+func (c *Config) stateFile() string {
+	if c.Consul.StateFile == "" || filepath.IsAbs(c.Consul.StateFile) {
+		return c.Consul.StateFile
+	}
+	return filepath.Join(c.dir, c.Consul.StateFile)
 }
 
 // zoneFile resolves a zone file name against the config file's directory.

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/health"
 )
@@ -78,14 +79,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// load reads the config and builds the state it describes.
+// load reads the config and builds everything it describes, so that -check
+// fails on whatever would fail to run: the zones and the state to serve, and
+// with pools the Consul client and watcher (built, not started).
 func load(path string) (*Config, *dnsserver.State, error) {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := buildState(cfg)
-	if err != nil {
+	st, stErr := buildState(cfg)
+	// A silent check: the watcher that runs is built again, to log.
+	_, _, wErr := newWatcher(cfg, slog.New(slog.DiscardHandler))
+	if err := errors.Join(stErr, wErr); err != nil {
 		return nil, nil, err
 	}
 	return cfg, st, nil
@@ -103,12 +108,13 @@ func summary(st *dnsserver.State) string {
 // server is the running farmdns: DNS, HTTP, and the configuration behind them.
 type server struct {
 	path    string
-	cfg     *Config
+	cfg     atomic.Pointer[Config] // read by HTTP handlers while a reload replaces it
 	log     *slog.Logger
 	handler *dnsserver.Handler
 	dns     *dnsserver.Server
 	web     *http.Server
 	webLn   net.Listener
+	guard   *adminhttp.Guard // in front of the HTTP requests that change state
 	reg     *prometheus.Registry
 
 	reloadOK   prometheus.Gauge
@@ -118,9 +124,8 @@ type server struct {
 	mu         sync.Mutex // guards lastReload
 	lastReload reloadStatus
 
-	ctx     context.Context // the server's lifetime, for watchers started on reload
-	watch   *watch          // nil without pools
-	watcher atomic.Pointer[health.Watcher]
+	ctx   context.Context       // the server's lifetime, for watchers started on reload
+	watch atomic.Pointer[watch] // nil without pools
 	// reloaded, if set, is told the outcome of every reload.
 	reloaded chan<- error
 }
@@ -129,7 +134,6 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 	h := dnsserver.NewHandler(st, log)
 	s := &server{
 		path:    path,
-		cfg:     cfg,
 		log:     log,
 		handler: h,
 		dns: &dnsserver.Server{
@@ -149,6 +153,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 			Help: "When the configuration was last loaded successfully, start-up included.",
 		}),
 	}
+	s.cfg.Store(cfg)
 	s.reloadOK.Set(1)
 	s.reloadTime.SetToCurrentTime()
 	s.lastReload = reloadStatus{OK: true, At: time.Now()}
@@ -157,26 +162,31 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		h.Collector(), h.PoolCollector(), s.dns.RRLCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
 	)
-	s.web = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.guard = adminhttp.NewGuard(cfg.HTTP.token, log)
+	s.web = adminhttp.NewServer(s.httpHandler(), cfg.HTTP.idleTimeout, log)
 	return s
 }
 
 // start binds every socket; nothing is served unless all of them bind.
 func (s *server) start(ctx context.Context) error {
 	s.ctx = ctx
-	if err := s.setRRL(s.cfg); err != nil {
+	cfg := s.cfg.Load()
+	if err := s.setRRL(cfg); err != nil {
 		return err
 	}
-	if err := s.startWatch(s.cfg); err != nil {
+	w, key, err := newWatcher(cfg, s.log)
+	if err != nil {
 		return err
 	}
+	s.startWatch(w, key)
 	if err := s.dns.Start(ctx); err != nil {
 		s.stopWatch()
 		return err
 	}
-	ln, err := net.Listen("tcp", s.cfg.HTTP.Listen)
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		s.dns.Shutdown(context.Background())
+		s.stopWatch()
 		return fmt.Errorf("http listen: %w", err)
 	}
 	s.webLn = ln
@@ -214,10 +224,25 @@ func (s *server) run(ctx context.Context) error {
 	}
 }
 
-// reload swaps in a new configuration only if all of it is valid; otherwise
-// the running one keeps serving, untouched.
+// reload swaps in a new configuration only if all of it is valid and built,
+// its Consul watcher included; otherwise the running one keeps serving,
+// untouched.
 func (s *server) reload() error {
 	cfg, st, err := load(s.path)
+	var (
+		w       *health.Watcher
+		key     string
+		replace bool
+	)
+	if err == nil {
+		// Other services, Consul settings or credentials, or a watcher
+		// that stopped: a new watcher, built before anything changes.
+		wt := s.watch.Load()
+		key = watchKey(cfg)
+		if replace = wt == nil || wt.key != key || !wt.running(); replace {
+			w, key, err = newWatcher(cfg, s.log)
+		}
+	}
 	if err != nil {
 		s.reloadOK.Set(0)
 		s.mu.Lock()
@@ -231,23 +256,22 @@ func (s *server) reload() error {
 	s.mu.Lock()
 	s.lastReload = reloadStatus{OK: true, At: time.Now()}
 	s.mu.Unlock()
-	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(s.cfg.DNS.Listen, ",") || cfg.HTTP.Listen != s.cfg.HTTP.Listen {
+	old := s.cfg.Load()
+	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(old.DNS.Listen, ",") || cfg.HTTP.Listen != old.HTTP.Listen {
 		s.log.Warn("listen addresses changed; they take effect on restart")
 	}
-	if watchKey(cfg) != watchKey(s.cfg) {
-		// Other services or Consul settings: a new watcher. The pools keep
-		// their targets until it has synced.
-		s.stopWatch()
-		if err := s.startWatch(cfg); err != nil {
-			s.log.Error("Consul watcher not restarted", "err", err)
-		}
+	if replace {
+		// The new watcher starts, then the old one stops.
+		s.startWatch(w, key)
 	}
-	if cfg.DNS.RRL.key() != s.cfg.DNS.RRL.key() {
+	if cfg.DNS.RRL.key() != old.DNS.RRL.key() {
 		if err := s.setRRL(cfg); err != nil {
 			s.log.Error("rate limiting unchanged", "err", err)
 		}
 	}
-	s.cfg = cfg
+	s.cfg.Store(cfg)
+	s.guard.SetToken(cfg.HTTP.token)
+	s.dns.SetTCPLimits(cfg.DNS.TCPIdleTimeout, cfg.DNS.MaxTCPConnections)
 	s.handler.Swap(st)
 	s.log.Info("reloaded", "zones", summary(st))
 	return nil
@@ -273,29 +297,36 @@ func (s *server) setRRL(cfg *Config) error {
 func (s *server) toggleQueryLog() {
 	every := uint32(0)
 	if s.handler.QueryLog() == 0 {
-		every = s.cfg.Log.QuerySample
+		every = s.cfg.Load().Log.QuerySample
 	}
 	s.handler.SetQueryLog(every)
 	s.log.Info("query log", "on", every > 0, "one_in", every)
 }
 
-// queryLogHTTP shows (GET) or sets (POST every=N, 0 for off) the query log.
-func (s *server) queryLogHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost {
-		every, err := strconv.ParseUint(r.FormValue("every"), 10, 32)
-		if err != nil {
-			http.Error(w, "every: want a whole number, 0 for off", http.StatusBadRequest)
-			return
-		}
-		s.handler.SetQueryLog(uint32(every))
-		s.log.Info("query log", "on", every > 0, "one_in", every)
-	}
+// queryLogGet shows the query log's sampling: one query in N, 0 for off.
+func (s *server) queryLogGet(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "every %d\n", s.handler.QueryLog())
+}
+
+// queryLogSet sets the query log's sampling (every=N, 0 for off). It sits
+// behind the guard: query logs fill disks and show who asks what.
+func (s *server) queryLogSet(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	every, err := strconv.ParseUint(r.FormValue("every"), 10, 32)
+	if err != nil {
+		http.Error(w, "every: want a whole number, 0 for off", http.StatusBadRequest)
+		return
+	}
+	s.handler.SetQueryLog(uint32(every))
+	s.log.Info("query log", "on", every > 0, "one_in", every)
+	s.queryLogGet(w, r)
 }
 
 func (s *server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/querylog", s.queryLogHTTP)
+	// Only requests that change state are guarded; the rest are read-only.
+	mux.HandleFunc("GET /debug/querylog", s.queryLogGet)
+	mux.Handle("POST /debug/querylog", s.guard.Protect(http.HandlerFunc(s.queryLogSet)))
 	mux.HandleFunc("GET /status", s.statusHTML)
 	mux.HandleFunc("GET /status.json", s.statusJSON)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)}))
@@ -303,8 +334,14 @@ func (s *server) httpHandler() http.Handler {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if wt := s.watcher.Load(); wt != nil {
-			if ok, why := wt.Ready(); !ok {
+		wt := s.watch.Load()
+		if s.cfg.Load().hasPools() && (wt == nil || !wt.running()) {
+			// The pools are frozen: nothing will ever update them.
+			http.Error(w, "not ready: pools configured but no Consul watcher running", http.StatusServiceUnavailable)
+			return
+		}
+		if wt != nil {
+			if ok, why := wt.w.Ready(); !ok {
 				// Still answering from the last good data, but a load
 				// balancer in front should prefer an instance that is not.
 				http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)

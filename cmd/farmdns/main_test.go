@@ -8,13 +8,19 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 )
 
 const goodZone = `$TTL 300
@@ -59,6 +65,7 @@ func TestConfigErrors(t *testing.T) {
 		{"twice", baseConfig + "  - origin: FARM.example.com\n    file: farm.zone\n", "zones[1].origin: farm.example.com. is configured twice"},
 		{"no file", strings.Replace(baseConfig, "    file: farm.zone\n", "", 1), "zones[0].file: missing"},
 		{"transfer", strings.Replace(baseConfig, "dns:\n", "dns:\n  transfer_allow: [\"10.0.0.0/33\"]\n", 1), "dns.transfer_allow[0]"},
+		{"long nsid", strings.Replace(baseConfig, "dns:\n", "dns:\n  nsid: "+strings.Repeat("n", 129)+"\n", 1), "dns.nsid: 129 octets, longer than 128"},
 		{"max udp", strings.Replace(baseConfig, "dns:\n", "dns:\n  max_udp_size: 100\n", 1), "dns.max_udp_size: 100 is not between 512 and 65535"},
 		{"log level", baseConfig + "log:\n  level: loud\n", "log.level: want debug, info, warn or error"},
 		{"wrong type", strings.Replace(baseConfig, "dns:\n", "dns:\n  max_tcp_connections: many\n", 1), "cannot unmarshal"},
@@ -133,6 +140,11 @@ func TestServeAndReload(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Until run has called signal.Notify, SIGHUP's default action would kill
+	// the whole test binary: catch it here too, for the test's duration.
+	hupGuard := make(chan os.Signal, 8)
+	signal.Notify(hupGuard, syscall.SIGHUP)
+	defer signal.Stop(hupGuard)
 	srv := newServer(path, cfg, st, slog.New(slog.DiscardHandler))
 	reloaded := make(chan error, 1)
 	srv.reloaded = reloaded
@@ -202,16 +214,29 @@ func TestServeAndReload(t *testing.T) {
 	if v := metric(`farmdns_dns_requests_total{proto="udp",qtype="A",rcode="NOERROR",zone="farm.example.com."}`); v != "3" {
 		t.Errorf("queries counted: %s, want 3", v)
 	}
-	// The query log switches on and off over HTTP and with SIGUSR1.
+	// The query log switches on and off over HTTP (locally, with the admin
+	// header) and with SIGUSR1.
 	qlog := "http://" + srv.webLn.Addr().String() + "/debug/querylog"
-	if resp, err := http.PostForm(qlog, url.Values{"every": {"10"}}); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("POST %s: %v %v", qlog, resp, err)
+	post := func(every string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, qlog, strings.NewReader(url.Values{"every": {every}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		adminhttp.Token{}.Authorize(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("POST %s: %v", qlog, err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := post("10"); resp.StatusCode != 200 {
+		t.Fatalf("POST %s: %s", qlog, resp.Status)
 	}
 	if srv.handler.QueryLog() != 10 {
 		t.Errorf("query log every %d after POST every=10", srv.handler.QueryLog())
 	}
-	if resp, _ := http.PostForm(qlog, url.Values{"every": {"lots"}}); resp == nil || resp.StatusCode != 400 {
-		t.Errorf("bad every accepted: %v", resp)
+	if resp := post("lots"); resp.StatusCode != 400 {
+		t.Errorf("bad every accepted: %s", resp.Status)
 	}
 	srv.toggleQueryLog()
 	if srv.handler.QueryLog() != 0 {
@@ -248,6 +273,7 @@ func TestShippedFarmExampleIsValid(t *testing.T) {
 	os.WriteFile(token, []byte("secret\n"), 0o600)
 	os.WriteFile(filepath.Join(dir, "farm.example.com.zone"), zone, 0o644)
 	config := strings.ReplaceAll(string(b), "/run/credentials/farmdns.service/consul-token", token)
+	config = strings.ReplaceAll(config, "/var/lib/farmdns/", dir+"/")
 	path := filepath.Join(dir, "farmdns.yaml")
 	os.WriteFile(path, []byte(config), 0o644)
 	cfg, st, err := load(path)
@@ -284,5 +310,99 @@ func TestPoolConfigErrors(t *testing.T) {
 				t.Fatalf("error %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestExamplesAvoidMDNSPort: 5353 is multicast DNS; on a desktop running
+// avahi the quick start could not bind it. The default and every example
+// use 5380 instead.
+func TestExamplesAvoidMDNSPort(t *testing.T) {
+	cfg, err := parseConfig([]byte("zones: [{origin: a.example., file: a.zone}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.DNS.Listen, ","); got != "127.0.0.1:5380" {
+		t.Errorf("default dns.listen %s, want 127.0.0.1:5380", got)
+	}
+	mdns := regexp.MustCompile(`\b5353\b`)
+	for _, path := range []string{
+		"../../README.md", "../../deploy/README.md", "../../deploy/example/farmdns.yaml",
+		"../../deploy/demo/demo.sh", "../farmdns-demo/main.go",
+	} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			// A line may name 5353 to say why it is not used.
+			if mdns.MatchString(line) && !strings.Contains(line, "mDNS") && !strings.Contains(line, "multicast DNS") {
+				t.Errorf("%s:%d uses port 5353 (mDNS): %s", path, i+1, strings.TrimSpace(line))
+			}
+		}
+	}
+}
+
+// TestMakeCheckFormatting: make check finds unformatted and unparsable Go
+// files in a tree that is not a git checkout (a tarball, a CI copy), and
+// passes a clean one. GO=true stands in for go vet.
+func TestMakeCheckFormatting(t *testing.T) {
+	makeBin := requireTool(t, "make")
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, src string
+		fail      bool
+	}{
+		{"unformatted", "package x\n\nfunc  f() {}\n", true},
+		{"does not parse", "package x\n\nfunc f( {}\n", true},
+		{"clean", "package x\n\nfunc f() {}\n", false},
+	} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "Makefile"), mk, 0o644)
+		os.MkdirAll(filepath.Join(dir, "pkg"), 0o755)
+		os.WriteFile(filepath.Join(dir, "pkg", "x.go"), []byte(tt.src), 0o644)
+		cmd := exec.Command(makeBin, "-s", "check", "GO=true")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Join(runtime.GOROOT(), "bin")+string(os.PathListSeparator)+os.Getenv("PATH"), "GIT_DIR="+filepath.Join(dir, "no-git"))
+		out, err := cmd.CombinedOutput()
+		if failed := err != nil; failed != tt.fail {
+			t.Errorf("%s: make check failed=%v (%v), want %v:\n%s", tt.name, failed, err, tt.fail, out)
+		}
+		if tt.fail && !strings.Contains(string(out), "x.go") {
+			t.Errorf("%s: the output does not name the file:\n%s", tt.name, out)
+		}
+	}
+}
+
+// TestReadmeListsTestDeps: the README says what make test installs, as the
+// Makefile's APT_PACKAGES has it, and that it needs root.
+func TestReadmeListsTestDeps(t *testing.T) {
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^APT_PACKAGES\s*:?=\s*(.+)$`).FindSubmatch(mk)
+	if m == nil {
+		t.Fatal("no APT_PACKAGES in the Makefile")
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The paragraph that starts with "`make test` installs".
+	_, para, ok := strings.Cut(string(readme), "\n`make test` ")
+	para, _, _ = strings.Cut(para, "\n\n")
+	if !ok {
+		t.Fatal("README has no paragraph starting with `make test`")
+	}
+	for _, pkg := range strings.Fields(string(m[1])) {
+		if !strings.Contains(para, "`"+pkg+"`") {
+			t.Errorf("README's make test paragraph does not list `%s`:\n%s", pkg, para)
+		}
+	}
+	if !strings.Contains(para, "root") || !strings.Contains(para, "sudo") {
+		t.Errorf("README's make test paragraph does not say it needs root or sudo:\n%s", para)
 	}
 }

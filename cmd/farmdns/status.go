@@ -77,9 +77,16 @@ type targetStatus struct {
 }
 
 type consulStatus struct {
-	Ready    bool            `json:"ready"`
-	Why      string          `json:"why,omitempty"`
-	DataSets []dataSetStatus `json:"data_sets"`
+	Ready bool   `json:"ready"`
+	Why   string `json:"why,omitempty"`
+	// ServingSaved is set while pools come from the state file of an
+	// earlier run (saved at Restored) because Consul has not answered yet.
+	ServingSaved   bool            `json:"serving_saved_state"`
+	Restored       time.Time       `json:"restored_state_saved,omitzero"`
+	StateFile      string          `json:"state_file,omitempty"`
+	StateSaved     time.Time       `json:"state_file_last_save,omitzero"`
+	StateSaveError string          `json:"state_file_error,omitempty"`
+	DataSets       []dataSetStatus `json:"data_sets"`
 }
 
 // dataSetStatus is health.DataSetStatus with its error as text.
@@ -146,15 +153,21 @@ func (r *recentAnswers) shares(pools []dnsserver.PoolStatus, now time.Time) []po
 
 func (s *server) status() status {
 	now := time.Now()
-	st := status{Now: now, Instance: *s.cfg.DNS.NSID}
+	st := status{Now: now, Instance: *s.cfg.Load().DNS.NSID}
 	for _, z := range s.handler.State().Zones.Zones() {
 		st.Zones = append(st.Zones, zoneStatus{Origin: z.Origin, File: z.File, Records: z.Records(), Serial: z.SOA().Serial})
 	}
 	st.Pools = s.recent.shares(s.handler.PoolsStatus(now), now)
-	if w := s.watcher.Load(); w != nil {
+	if w := s.currentWatcher(); w != nil {
 		ws := w.Status()
 		ready, why := ws.Ready(now)
-		st.Consul = &consulStatus{Ready: ready, Why: why}
+		st.Consul = &consulStatus{Ready: ready, Why: why, ServingSaved: ws.ServingSaved(), Restored: ws.Restored}
+		if sf := w.StateFile(); sf.Path != "" {
+			st.Consul.StateFile, st.Consul.StateSaved = sf.Path, sf.LastSave
+			if sf.LastError != nil {
+				st.Consul.StateSaveError = sf.LastError.Error()
+			}
+		}
 		for _, d := range ws.DataSets {
 			ds := dataSetStatus{Kind: string(d.Kind), Name: d.Name, Index: d.Index, LastSuccess: d.LastSuccess, Failing: d.Failing, Errors: d.Errors}
 			if d.LastError != nil {

@@ -80,7 +80,7 @@ func TestStatusPage(t *testing.T) {
 // TestStatusPageInChromium renders the page in headless Chromium and keeps a
 // screenshot (in $FARMDNS_SCREENSHOTS, or the test's temp dir).
 func TestStatusPageInChromium(t *testing.T) {
-	chromium := requireTool(t, "chromium", true)
+	chromium := requireTool(t, "chromium")
 	f := startFarm(t, 3, "        answers: 2\n", false)
 	eventually(t, 5*time.Second, "pool filled", func() bool { return len(f.ask(t, 1)) == 2 })
 	dir := os.Getenv("FARMDNS_SCREENSHOTS")

@@ -2,11 +2,11 @@
 # make demo: a whole farm on this machine. A Consul dev agent; four stand-in
 # WebSocket nodes on 127.0.0.11-14, each with a farmdns-agent that registers
 # it and reports its connections; farmdns serving farm.example.com on
-# 127.0.0.1:5353; then clients that look the farm up and connect.
+# 127.0.0.1:5380; then clients that look the farm up and connect.
 # Watch http://127.0.0.1:9153/status fill up, and try
-#   dig @127.0.0.1 -p 5353 farm.example.com
-#   dig @127.0.0.1 -p 5353 _ws._tcp.farm.example.com SRV
-#   dig @127.0.0.1 -p 5353 _status.farm.example.com TXT +tcp
+#   dig @127.0.0.1 -p 5380 farm.example.com
+#   dig @127.0.0.1 -p 5380 _ws._tcp.farm.example.com SRV
+#   dig @127.0.0.1 -p 5380 _status.farm.example.com TXT +tcp
 # Stops on Ctrl-C, or after DEMO_SECONDS if set.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,7 +56,7 @@ echo "nodes: 127.0.0.11-$((10 + nodes)) with their agents (logs: $work/agent*.lo
 cp deploy/example/farm.example.com.zone "$work/"
 cat >"$work/farmdns.yaml" <<CONF
 dns:
-  listen: ["127.0.0.1:5353"]
+  listen: ["127.0.0.1:5380"]
   nsid: demo
 http:
   listen: "127.0.0.1:9153"
@@ -74,18 +74,18 @@ zones:
         srv: true
 CONF
 "$work/bin/farmdns" -config "$work/farmdns.yaml" 2>"$work/farmdns.log" & pids+=($!)
-for _ in $(seq 50); do dig +short @127.0.0.1 -p 5353 farm.example.com A | grep -q . && break; sleep 0.2; done
-echo "farmdns: dns 127.0.0.1:5353, status http://127.0.0.1:9153/status (log: $work/farmdns.log)"
+for _ in $(seq 50); do dig +short @127.0.0.1 -p 5380 farm.example.com A | grep -q . && break; sleep 0.2; done
+echo "farmdns: dns 127.0.0.1:5380, status http://127.0.0.1:9153/status (log: $work/farmdns.log)"
 echo
-echo '$ dig @127.0.0.1 -p 5353 farm.example.com +noall +answer'
-dig @127.0.0.1 -p 5353 farm.example.com +noall +answer
+echo '$ dig @127.0.0.1 -p 5380 farm.example.com +noall +answer'
+dig @127.0.0.1 -p 5380 farm.example.com +noall +answer
 echo
-"$work/bin/farmdns-demo" clients -dns 127.0.0.1:5353 -name _ws._tcp.farm.example.com -rate 20 -count $((nodes * 100)) & pids+=($!)
+"$work/bin/farmdns-demo" clients -dns 127.0.0.1:5380 -name _ws._tcp.farm.example.com -rate 20 -count $((nodes * 100)) & pids+=($!)
 if [ -n "${DEMO_SECONDS:-}" ]; then
   sleep "$DEMO_SECONDS"
   echo
-  echo '$ dig @127.0.0.1 -p 5353 _status.farm.example.com TXT +tcp +short'
-  dig @127.0.0.1 -p 5353 _status.farm.example.com TXT +tcp +short
+  echo '$ dig @127.0.0.1 -p 5380 _status.farm.example.com TXT +tcp +short'
+  dig @127.0.0.1 -p 5380 _status.farm.example.com TXT +tcp +short
 else
   echo "clients connecting; Ctrl-C stops the demo"
   wait
