@@ -51,6 +51,8 @@ type Server struct {
 	conns         map[*tcpConn]struct{}
 	prefixes      map[netip.Prefix]int // connections per client network
 	lastEvictWarn time.Time
+
+	rrl rrlState // rate limiting of UDP responses; see SetRRL
 }
 
 // udpTimingSample: one UDP query in this many is timed for the latency
@@ -216,9 +218,16 @@ type udpWriter struct {
 	dst     netip.Addr
 	ifindex uint32
 	oob     []byte
+	rrl     *rrlState
+	slip    []byte // scratch for truncated replies
 }
 
 func (w *udpWriter) write(msg []byte) error {
+	if l := w.rrl.limiter.Load(); l != nil {
+		if msg = w.rrl.limit(l, w.to.Addr(), msg, &w.slip); msg == nil {
+			return nil
+		}
+	}
 	if !w.sock.pktinfo {
 		_, err := w.sock.conn.WriteToUDPAddrPort(msg, w.to)
 		return err
@@ -277,7 +286,7 @@ func (s *Server) serveUDP(u *udpSocket) {
 	if u.pktinfo {
 		oob = make([]byte, oobSize)
 	}
-	w := &udpWriter{sock: u, oob: make([]byte, 0, oobSize)}
+	w := &udpWriter{sock: u, oob: make([]byte, 0, oobSize), rrl: &s.rrl}
 	for i := 0; ; i++ {
 		n, err := w.read(in, oob)
 		if err != nil {

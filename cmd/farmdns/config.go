@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
+	"github.com/farmdns/farmdns/dnsserver/rrl"
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/policy"
 	"github.com/farmdns/farmdns/zones"
@@ -57,6 +59,28 @@ type DNSConfig struct {
 	TransferAllow []string `yaml:"transfer_allow"`
 	// StatusAllow lists who may ask TXT _status.<zone>; default: loopback.
 	StatusAllow []string `yaml:"status_allow"`
+	// RRL is response rate limiting; off unless responses_per_second is set.
+	RRL RRLConfig `yaml:"rrl"`
+}
+
+// RRLConfig is the `dns.rrl:` block: response rate limiting of UDP replies
+// (package dnsserver/rrl). Off by default: benchmarks and tests flood from
+// one address.
+type RRLConfig struct {
+	// ResponsesPerSecond per client prefix and response class; 0: off.
+	ResponsesPerSecond int `yaml:"responses_per_second"`
+	// Slip: every Nth limited response is sent truncated, so a real client
+	// retries over TCP; 0 drops them all. Default 2.
+	Slip *int `yaml:"slip"`
+	// IPv4Prefix and IPv6Prefix group clients; default 24 and 56.
+	IPv4Prefix int `yaml:"ipv4_prefix"`
+	IPv6Prefix int `yaml:"ipv6_prefix"`
+	// Window is how long a prefix's debt is remembered; default 15 s.
+	Window time.Duration `yaml:"window"`
+	// Exempt addresses and prefixes are never limited.
+	Exempt []string `yaml:"exempt"`
+	// LogOnly counts and logs what would be limited, and limits nothing.
+	LogOnly bool `yaml:"log_only"`
 }
 
 // HTTPConfig is the `http:` block.
@@ -195,6 +219,19 @@ func (c *Config) setDefaults() {
 	if c.DNS.MaxTCPConnections == 0 {
 		c.DNS.MaxTCPConnections = 1000
 	}
+	if c.DNS.RRL.Slip == nil {
+		c.DNS.RRL.Slip = new(int)
+		*c.DNS.RRL.Slip = 2 // every other limited response: half reach a real client as TC
+	}
+	if c.DNS.RRL.IPv4Prefix == 0 {
+		c.DNS.RRL.IPv4Prefix = 24
+	}
+	if c.DNS.RRL.IPv6Prefix == 0 {
+		c.DNS.RRL.IPv6Prefix = 56 // what an ISP hands one customer
+	}
+	if c.DNS.RRL.Window == 0 {
+		c.DNS.RRL.Window = 15 * time.Second
+	}
 	if c.HTTP.Listen == "" {
 		c.HTTP.Listen = "127.0.0.1:9153"
 	}
@@ -240,6 +277,7 @@ func (c *Config) validate() error {
 			}
 		}
 	}
+	c.DNS.RRL.validate(bad)
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen", "%q is not host:port", c.HTTP.Listen)
 	}
@@ -326,6 +364,54 @@ func (c *Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validate checks the block whether rate limiting is on or not, so that
+// switching it on never reveals an old mistake.
+func (r RRLConfig) validate(bad func(key, format string, args ...any)) {
+	if r.ResponsesPerSecond < 0 || r.ResponsesPerSecond > rrl.MaxResponsesPerSecond {
+		bad("dns.rrl.responses_per_second", "%d is not between 0 (off) and %d", r.ResponsesPerSecond, rrl.MaxResponsesPerSecond)
+	}
+	if *r.Slip < 0 || *r.Slip > 10 {
+		bad("dns.rrl.slip", "%d is not between 0 (drop all) and 10", *r.Slip)
+	}
+	if r.IPv4Prefix < 8 || r.IPv4Prefix > 32 {
+		bad("dns.rrl.ipv4_prefix", "%d is not between 8 and 32", r.IPv4Prefix)
+	}
+	if r.IPv6Prefix < 16 || r.IPv6Prefix > 128 {
+		bad("dns.rrl.ipv6_prefix", "%d is not between 16 and 128", r.IPv6Prefix)
+	}
+	if r.Window < time.Second || r.Window > time.Hour {
+		bad("dns.rrl.window", "%s is not between 1s and 1h", r.Window)
+	}
+	for i, s := range r.Exempt {
+		if _, err := parsePrefix(s); err != nil {
+			bad(fmt.Sprintf("dns.rrl.exempt[%d]", i), "%v", err)
+		}
+	}
+}
+
+// limiter builds the rate limiter the block describes; nil when it is off.
+func (r RRLConfig) limiter(log *slog.Logger) (*rrl.Limiter, error) {
+	if r.ResponsesPerSecond == 0 {
+		return nil, nil
+	}
+	return rrl.New(rrl.Config{
+		ResponsesPerSecond: r.ResponsesPerSecond,
+		Slip:               *r.Slip,
+		IPv4Prefix:         r.IPv4Prefix,
+		IPv6Prefix:         r.IPv6Prefix,
+		Window:             r.Window,
+		Exempt:             prefixes(r.Exempt),
+		LogOnly:            r.LogOnly,
+		Log:                log,
+	})
+}
+
+// key tells two blocks apart: a reload swaps the limiter, and forgets every
+// prefix's debt, only when the block changed.
+func (r RRLConfig) key() string {
+	return fmt.Sprint(r.ResponsesPerSecond, *r.Slip, r.IPv4Prefix, r.IPv6Prefix, r.Window, r.Exempt, r.LogOnly)
 }
 
 func (c *Config) hasPools() bool {

@@ -74,6 +74,10 @@ var deployContract = map[string]deployMetric{
 	"farmdns_config_last_reload_successful":        {"gauge", nil},
 	"farmdns_config_last_reload_timestamp_seconds": {"gauge", nil},
 
+	"farmdns_rrl_responses_total":  {"counter", []string{"action"}},
+	"farmdns_rrl_log_only_total":   {"counter", []string{"action"}},
+	"farmdns_rrl_table_fill_ratio": {"gauge", nil},
+
 	"farmdns_agent_connections":                    {"gauge", nil},
 	"farmdns_agent_writes_total":                   {"counter", nil},
 	"farmdns_agent_write_errors_total":             {"counter", nil},

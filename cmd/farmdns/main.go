@@ -162,7 +162,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		h.Collector(), h.PoolCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
+		h.Collector(), h.PoolCollector(), s.dns.RRLCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
 	)
 	s.guard = adminhttp.NewGuard(cfg.HTTP.token, log)
 	s.web = adminhttp.NewServer(s.httpHandler(), cfg.HTTP.idleTimeout, log)
@@ -173,6 +173,9 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 func (s *server) start(ctx context.Context) error {
 	s.ctx = ctx
 	cfg := s.cfg.Load()
+	if err := s.setRRL(cfg); err != nil {
+		return err
+	}
 	w, key, err := newWatcher(cfg, s.log)
 	if err != nil {
 		return err
@@ -264,11 +267,32 @@ func (s *server) reload() error {
 		// The new watcher starts, then the old one stops.
 		s.startWatch(w, key)
 	}
+	if cfg.DNS.RRL.key() != old.DNS.RRL.key() {
+		if err := s.setRRL(cfg); err != nil {
+			s.log.Error("rate limiting unchanged", "err", err)
+		}
+	}
 	s.cfg.Store(cfg)
 	s.guard.SetToken(cfg.HTTP.token)
 	s.dns.SetTCPLimits(cfg.DNS.TCPIdleTimeout, cfg.DNS.MaxTCPConnections)
 	s.handler.Swap(st)
 	s.log.Info("reloaded", "zones", summary(st))
+	return nil
+}
+
+// setRRL swaps in the rate limiter cfg describes (nil: none). The new one
+// starts with no prefix in debt.
+func (s *server) setRRL(cfg *Config) error {
+	l, err := cfg.DNS.RRL.limiter(s.log)
+	if err != nil {
+		return err
+	}
+	s.dns.SetRRL(l)
+	if l != nil {
+		r := cfg.DNS.RRL
+		s.log.Info("response rate limiting on", "responses_per_second", r.ResponsesPerSecond, "slip", *r.Slip,
+			"ipv4_prefix", r.IPv4Prefix, "ipv6_prefix", r.IPv6Prefix, "window", r.Window, "log_only", r.LogOnly)
+	}
 	return nil
 }
 
