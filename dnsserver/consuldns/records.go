@@ -1,0 +1,311 @@
+package consuldns
+
+import (
+	"encoding/hex"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/health"
+)
+
+// accept says which kinds of address a question can use, as Consul's
+// address translation does.
+type accept uint8
+
+const (
+	acceptDomain accept = 1 << iota
+	acceptIPv4
+	acceptIPv6
+	acceptAny
+)
+
+func acceptFor(qtype uint16) accept {
+	switch qtype {
+	case dns.TypeA:
+		return acceptDomain | acceptIPv4
+	case dns.TypeAAAA:
+		return acceptDomain | acceptIPv6
+	}
+	return acceptDomain | acceptAny
+}
+
+// pickAddress chooses among an address and its lan_ipv4/lan_ipv6 tagged
+// forms. It returns "" when none fits: an IPv6 address asked for A, say.
+func pickAddress(a accept, def, v4, v6 string) string {
+	switch {
+	case a&acceptIPv6 != 0 && v6 != "":
+		return v6
+	case a&acceptIPv4 != 0 && v4 != "":
+		return v4
+	case a&acceptAny != 0 && def != "":
+		return def
+	}
+	ip := net.ParseIP(def)
+	switch {
+	case ip != nil && ip.To4() != nil && a&acceptIPv4 != 0:
+		return def
+	case ip != nil && ip.To4() == nil && a&acceptIPv6 != 0:
+		return def
+	case ip == nil && a&acceptDomain != 0:
+		return def
+	}
+	return ""
+}
+
+// addressRecord returns ip as an A or AAAA record with no owner yet, or nil
+// when the question cannot take that family. TXT takes both: Consul answers
+// TXT on a service with its addresses.
+func addressRecord(qtype uint16, ip net.IP, ttl uint32) dns.RR {
+	if v4 := ip.To4(); v4 != nil {
+		switch qtype {
+		case dns.TypeSRV, dns.TypeA, dns.TypeANY, dns.TypeNS, dns.TypeTXT:
+			return &dns.A{Hdr: dns.RR_Header{Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: v4}
+		}
+		return nil
+	}
+	switch qtype {
+	case dns.TypeSRV, dns.TypeAAAA, dns.TypeANY, dns.TypeNS, dns.TypeTXT:
+		return &dns.AAAA{Hdr: dns.RR_Header{Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: ttl}, AAAA: ip}
+	}
+	return nil
+}
+
+// nodeRecords answers a node's address under owner: an A or AAAA record, or
+// a CNAME when the usable address is not an IP.
+func (r *Resolver) nodeRecords(n *health.CatalogNode, qtype uint16, owner string, cat *health.Catalog, depth int) []dns.RR {
+	t := ttl(r.cfg.NodeTTL)
+	addr := pickAddress(acceptFor(qtype), n.Address, n.LANv4, n.LANv6)
+	ip := net.ParseIP(addr)
+	if ip == nil {
+		// Consul also lands here when the address is an IP of the other
+		// family, and then answers a CNAME to the IP written as a name.
+		target := dns.Fqdn(n.Address)
+		out := []dns.RR{&dns.CNAME{
+			Hdr:    dns.RR_Header{Name: owner, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: t},
+			Target: target,
+		}}
+		return append(out, r.chase(target, cat, depth)...)
+	}
+	rr := addressRecord(qtype, ip, t)
+	if rr == nil {
+		return nil
+	}
+	rr.Header().Name = owner
+	return []dns.RR{rr}
+}
+
+// metaTXT returns a node's meta as TXT records under owner: key=value in
+// RFC 1464 form, or the bare value for keys starting "rfc1035-".
+func metaTXT(owner string, n *health.CatalogNode, ttl uint32) []dns.RR {
+	out := make([]dns.RR, 0, len(n.Meta))
+	for k, v := range n.Meta {
+		txt := v
+		if !strings.HasPrefix(strings.ToLower(k), "rfc1035-") {
+			txt = rfc1464(k, v)
+		}
+		out = append(out, &dns.TXT{
+			Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: ttl},
+			Txt: []string{txt},
+		})
+	}
+	return out
+}
+
+// rfc1464 writes key=value, quoting with backquotes the key's backquotes,
+// equals signs and leading and trailing spaces, and the value's backquotes.
+func rfc1464(key, value string) string {
+	trimmed := strings.TrimLeft(key, " ")
+	lead := len(key) - len(trimmed)
+	core := strings.TrimRight(trimmed, " ")
+	trail := len(trimmed) - len(core)
+	core = strings.NewReplacer("`", "``", "=", "`=").Replace(core)
+	var b strings.Builder
+	b.WriteString(strings.Repeat("` ", lead))
+	b.WriteString(core)
+	b.WriteString(strings.Repeat("` ", trail))
+	b.WriteByte('=')
+	b.WriteString(strings.ReplaceAll(value, "`", "``"))
+	return b.String()
+}
+
+// addressRecords answers a service question of any type but SRV: one
+// record set per instance, duplicates (two instances of one node) once,
+// CNAMEs only when no instance has an address.
+func (r *Resolver) addressRecords(q dns.Question, edns bool, cat *health.Catalog, in []*health.CatalogInstance, depth int) []dns.RR {
+	var answer, cname []dns.RR
+	seen := make(map[string]bool, len(in))
+	count := 0
+	for _, i := range in {
+		recs, _ := r.instanceRecords(q, edns, cat, i, depth)
+		if len(recs) == 0 {
+			continue
+		}
+		key := recs[0].String()
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		if _, ok := recs[0].(*dns.CNAME); ok {
+			if cname == nil {
+				cname = recs
+			}
+			continue
+		}
+		answer = append(answer, recs...)
+		count++
+		if count == r.cfg.AnswerLimit {
+			break
+		}
+	}
+	if len(answer) == 0 {
+		return cname
+	}
+	return answer
+}
+
+// srvRecords answers a service's SRV question: one SRV per distinct
+// node/address/port, the targets' addresses and the nodes' meta as
+// additional records.
+func (r *Resolver) srvRecords(q dns.Question, edns bool, cat *health.Catalog, in []*health.CatalogInstance, depth int) (answer, extra []dns.RR) {
+	seen := make(map[string]bool, len(in))
+	respDomain := r.responseDomain(q.Name)
+	for _, i := range in {
+		key := i.Node.Name + ":" + pickAddress(acceptDomain|acceptAny, i.Address, i.LANv4, i.LANv6) + ":" + strconv.Itoa(i.Port)
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		ans, ext := r.instanceRecords(q, edns, cat, i, depth)
+		answer = append(answer, ans...)
+		extra = append(extra, ext...)
+		extra = append(extra, metaTXT(nodeName(i.Node, cat, respDomain), i.Node, ttl(r.cfg.ServiceTTL))...)
+	}
+	return answer, extra
+}
+
+func nodeName(n *health.CatalogNode, cat *health.Catalog, respDomain string) string {
+	return n.Name + ".node." + cat.Datacenter + "." + respDomain
+}
+
+// instanceRecords answers one instance: for SRV the SRV record and its
+// target's address; otherwise its address, or a CNAME for a hostname.
+func (r *Resolver) instanceRecords(q dns.Question, edns bool, cat *health.Catalog, i *health.CatalogInstance, depth int) (answer, extra []dns.RR) {
+	a := acceptFor(q.Qtype)
+	svc := pickAddress(a, i.Address, i.LANv4, i.LANv6)
+	node := pickAddress(a, i.Node.Address, i.Node.LANv4, i.Node.LANv6)
+	if svc == "" && node == "" {
+		return nil, nil
+	}
+	svcIP, nodeIP := net.ParseIP(svc), net.ParseIP(node)
+	switch {
+	case svc == "" && nodeIP != nil:
+		if node != i.Node.Address {
+			// A tagged address: name it by the IP, not the node.
+			return r.ipRecords(q, cat, i, nodeIP)
+		}
+		return r.nodeIPRecords(q, cat, i, nodeIP)
+	case svc == "":
+		return r.hostRecords(q, edns, cat, i, node, depth)
+	case svcIP != nil:
+		return r.ipRecords(q, cat, i, svcIP)
+	case dns.Fqdn(svc) == q.Name && nodeIP != nil:
+		// A service address naming the question itself means the node.
+		return r.nodeIPRecords(q, cat, i, nodeIP)
+	}
+	return r.hostRecords(q, edns, cat, i, svc, depth)
+}
+
+func (r *Resolver) srv(q dns.Question, i *health.CatalogInstance, target string) *dns.SRV {
+	return &dns.SRV{
+		Hdr:      dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: ttl(r.cfg.ServiceTTL)},
+		Priority: 1,
+		Weight:   weight(i),
+		Port:     uint16(i.Port),
+		Target:   target,
+	}
+}
+
+// weight is Consul's default SRV weight: 1 for passing and warning alike.
+func weight(*health.CatalogInstance) uint16 { return 1 }
+
+// nodeIPRecords answers with the node's IP; an SRV targets the node's name.
+func (r *Resolver) nodeIPRecords(q dns.Question, cat *health.Catalog, i *health.CatalogInstance, ip net.IP) (answer, extra []dns.RR) {
+	rr := addressRecord(q.Qtype, ip, ttl(r.cfg.ServiceTTL))
+	if rr == nil {
+		return nil, nil
+	}
+	if q.Qtype == dns.TypeSRV {
+		target := nodeName(i.Node, cat, r.responseDomain(q.Name))
+		rr.Header().Name = target
+		return []dns.RR{r.srv(q, i, target)}, []dns.RR{rr}
+	}
+	rr.Header().Name = q.Name
+	return []dns.RR{rr}, nil
+}
+
+// ipRecords answers with an IP of the service's own; an SRV targets the IP
+// written as <hex>.addr.<dc>.<domain>, even when it is the node's address.
+func (r *Resolver) ipRecords(q dns.Question, cat *health.Catalog, i *health.CatalogInstance, ip net.IP) (answer, extra []dns.RR) {
+	rr := addressRecord(q.Qtype, ip, ttl(r.cfg.ServiceTTL))
+	if rr == nil {
+		return nil, nil
+	}
+	if q.Qtype == dns.TypeSRV {
+		h := hex.EncodeToString(ip)
+		if v4 := ip.To4(); v4 != nil {
+			h = hex.EncodeToString(v4)
+		}
+		target := h + ".addr." + cat.Datacenter + "." + r.responseDomain(q.Name)
+		rr.Header().Name = target
+		return []dns.RR{r.srv(q, i, target)}, []dns.RR{rr}
+	}
+	rr.Header().Name = q.Name
+	return []dns.RR{rr}, nil
+}
+
+// hostRecords answers with a hostname: an SRV targets it, anything else gets
+// a CNAME; a name in the served domain is chased and its records added.
+func (r *Resolver) hostRecords(q dns.Question, edns bool, cat *health.Catalog, i *health.CatalogInstance, host string, depth int) (answer, extra []dns.RR) {
+	t := ttl(r.cfg.ServiceTTL)
+	target := dns.Fqdn(host)
+	var more []dns.RR
+	for _, rr := range r.chase(target, cat, depth) {
+		switch rr.Header().Rrtype {
+		case dns.TypeCNAME, dns.TypeA, dns.TypeAAAA:
+		default:
+			continue
+		}
+		rr = dns.Copy(rr)
+		rr.Header().Ttl = t
+		more = append(more, rr)
+		if len(more) == maxCNAMERecords && !edns {
+			break
+		}
+	}
+	if q.Qtype == dns.TypeSRV {
+		return []dns.RR{r.srv(q, i, target)}, more
+	}
+	cname := &dns.CNAME{
+		Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: t},
+		Target: target,
+	}
+	return append([]dns.RR{cname}, more...), nil
+}
+
+// chase answers an ANY question for a name in the served domain, so a CNAME
+// into the domain carries its records; other names are not resolved (there
+// are no recursors).
+func (r *Resolver) chase(name string, cat *health.Catalog, depth int) []dns.RR {
+	lower := strings.ToLower(name)
+	if !strings.HasSuffix(lower, "."+r.domain) && (r.alt == "" || !strings.HasSuffix(lower, "."+r.alt)) {
+		return nil
+	}
+	if depth < 1 {
+		return nil
+	}
+	q := dns.Question{Name: name, Qtype: dns.TypeANY, Qclass: dns.ClassINET}
+	return r.lookup(q, false, cat, depth-1).answer
+}
