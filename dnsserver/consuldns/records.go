@@ -11,48 +11,40 @@ import (
 	"github.com/farmdns/farmdns/health"
 )
 
-// accept says which kinds of address a question can use, as Consul's
-// address translation does.
+// accept says which address families a question prefers when a node or
+// service has lan_ipv4/lan_ipv6 tagged addresses.
 type accept uint8
 
 const (
-	acceptDomain accept = 1 << iota
-	acceptIPv4
+	acceptIPv4 accept = 1 << iota
 	acceptIPv6
-	acceptAny
+	acceptAny = acceptIPv4 | acceptIPv6
 )
 
 func acceptFor(qtype uint16) accept {
 	switch qtype {
 	case dns.TypeA:
-		return acceptDomain | acceptIPv4
+		return acceptIPv4
 	case dns.TypeAAAA:
-		return acceptDomain | acceptIPv6
+		return acceptIPv6
 	}
-	return acceptDomain | acceptAny
+	return acceptAny
 }
 
-// pickAddress chooses among an address and its lan_ipv4/lan_ipv6 tagged
-// forms. It returns "" when none fits: an IPv6 address asked for A, say.
+// pickAddress chooses among an address and its lan_ipv6/lan_ipv4 tagged
+// forms: a tagged address of a family the question takes, else the address
+// itself, whatever its family. (Consul's translation means to filter by
+// family too, but its "any" test matches every question, so it never does;
+// an A question about an IPv6 address then finds no A record, which is the
+// answer clients get.)
 func pickAddress(a accept, def, v4, v6 string) string {
 	switch {
 	case a&acceptIPv6 != 0 && v6 != "":
 		return v6
 	case a&acceptIPv4 != 0 && v4 != "":
 		return v4
-	case a&acceptAny != 0 && def != "":
-		return def
 	}
-	ip := net.ParseIP(def)
-	switch {
-	case ip != nil && ip.To4() != nil && a&acceptIPv4 != 0:
-		return def
-	case ip != nil && ip.To4() == nil && a&acceptIPv6 != 0:
-		return def
-	case ip == nil && a&acceptDomain != 0:
-		return def
-	}
-	return ""
+	return def
 }
 
 // addressRecord returns ip as an A or AAAA record with no owner yet, or nil
@@ -80,8 +72,6 @@ func (r *Resolver) nodeRecords(n *health.CatalogNode, qtype uint16, owner string
 	addr := pickAddress(acceptFor(qtype), n.Address, n.LANv4, n.LANv6)
 	ip := net.ParseIP(addr)
 	if ip == nil {
-		// Consul also lands here when the address is an IP of the other
-		// family, and then answers a CNAME to the IP written as a name.
 		target := dns.Fqdn(n.Address)
 		out := []dns.RR{&dns.CNAME{
 			Hdr:    dns.RR_Header{Name: owner, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: t},
@@ -173,7 +163,7 @@ func (r *Resolver) srvRecords(q dns.Question, edns bool, cat *health.Catalog, in
 	seen := make(map[string]bool, len(in))
 	respDomain := r.responseDomain(q.Name)
 	for _, i := range in {
-		key := i.Node.Name + ":" + pickAddress(acceptDomain|acceptAny, i.Address, i.LANv4, i.LANv6) + ":" + strconv.Itoa(i.Port)
+		key := i.Node.Name + ":" + pickAddress(acceptAny, i.Address, i.LANv4, i.LANv6) + ":" + strconv.Itoa(i.Port)
 		if seen[key] {
 			continue
 		}
