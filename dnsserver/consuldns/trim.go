@@ -76,11 +76,10 @@ func trimTCP(qtype uint16, m *dns.Msg) {
 }
 
 // shrink drops answers (keeping at least one) until m packs to limit
-// octets, searching for the count by bisection when far over. The authority
-// section goes first.
+// octets, searching for the count by bisection when far over. (Consul drops
+// the authority section first, but no answer of several records has one.)
 func shrink(m *dns.Msg, limit, searchLimit int, index map[string]dns.RR) {
 	for len(m.Answer) > 1 && m.Len() > limit {
-		m.Ns = nil
 		if m.Len()-searchLimit > 100 {
 			m.Answer = m.Answer[:fit(m, searchLimit, index)]
 		} else {
