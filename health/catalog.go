@@ -92,10 +92,14 @@ func (in *CatalogInstance) HasTag(tag string) bool {
 // and every service's instances with their checks. It is the simple,
 // complete read; it costs one request per service.
 func ReadCatalog(ctx context.Context, client *api.Client) (*Catalog, error) {
-	q := (&api.QueryOptions{}).WithContext(ctx)
+	return readCatalog(ctx, client, false)
+}
+
+func readCatalog(ctx context.Context, client *api.Client, stale bool) (*Catalog, error) {
+	q := (&api.QueryOptions{AllowStale: stale}).WithContext(ctx)
 	nodes, meta, err := client.Catalog().Nodes(q)
-	if err != nil {
-		return nil, fmt.Errorf("health: read catalog nodes: %w", err)
+	if err := catalogError("nodes", meta, err); err != nil {
+		return nil, err
 	}
 	cat := &Catalog{
 		Index:    meta.LastIndex,
@@ -118,19 +122,31 @@ func ReadCatalog(ctx context.Context, client *api.Client) (*Catalog, error) {
 		cat.Datacenter = dc
 	}
 	names, meta, err := client.Catalog().Services(q)
-	if err != nil {
-		return nil, fmt.Errorf("health: read catalog services: %w", err)
+	if err := catalogError("services", meta, err); err != nil {
+		return nil, err
 	}
 	cat.Index = max(cat.Index, meta.LastIndex)
 	for name := range names {
 		entries, meta, err := client.Health().Service(name, "", false, q)
-		if err != nil {
-			return nil, fmt.Errorf("health: read service %s: %w", name, err)
+		if err := catalogError("service "+name, meta, err); err != nil {
+			return nil, err
 		}
 		cat.Index = max(cat.Index, meta.LastIndex)
 		cat.Services[strings.ToLower(name)] = catalogInstances(cat, entries)
 	}
 	return cat, nil
+}
+
+// catalogError wraps a read's error; a read the token may not fully see is
+// an error too, since a partial view would answer NXDOMAIN for what exists.
+func catalogError(what string, meta *api.QueryMeta, err error) error {
+	if err != nil {
+		return fmt.Errorf("health: read catalog %s: %w", what, consulError(err))
+	}
+	if meta != nil && meta.ResultsFilteredByACLs {
+		return fmt.Errorf("health: read catalog %s: consul filtered the results by ACLs: the token lacks node:read or service:read", what)
+	}
+	return nil
 }
 
 // catalogInstances converts health entries, linking each to the node in cat
