@@ -46,6 +46,11 @@ type Config struct {
 	Domain, AltDomain string
 	// NodeTTL and ServiceTTL are the TTLs of node and service records.
 	NodeTTL, ServiceTTL time.Duration
+	// ServiceTTLs overrides ServiceTTL per service, like Consul's
+	// service_ttl map: a key matches the service name (as asked, lower
+	// case) exactly, or, ending in "*", as a prefix; an exact key wins,
+	// then the longest prefix.
+	ServiceTTLs map[string]time.Duration
 	// OnlyPassing drops instances whose checks warn, not only critical ones.
 	OnlyPassing bool
 	// AnswerLimit caps the A/AAAA records of a service answer (Consul's
@@ -297,6 +302,21 @@ func (r *Resolver) trimDomain(name string) string {
 		return strings.TrimSuffix(name, shorter)
 	}
 	return name
+}
+
+// serviceTTL returns the TTL of a service's records.
+func (r *Resolver) serviceTTL(service string) time.Duration {
+	if d, ok := r.cfg.ServiceTTLs[service]; ok {
+		return d
+	}
+	best, d := -1, r.cfg.ServiceTTL
+	for k, v := range r.cfg.ServiceTTLs {
+		prefix, ok := strings.CutSuffix(k, "*")
+		if ok && len(prefix) > best && strings.HasPrefix(service, prefix) {
+			best, d = len(prefix), v
+		}
+	}
+	return d
 }
 
 func ttl(d time.Duration) uint32 { return uint32(d / time.Second) }

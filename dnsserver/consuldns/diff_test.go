@@ -222,12 +222,13 @@ func TestConsulDifferential(t *testing.T) {
 alt_domain = "alt.test."
 dns_config {
   node_ttl = "5s"
-  service_ttl = { "*" = "7s" }
+  service_ttl = { "*" = "7s", "d*" = "9s", "web" = "3s", "we*" = "4s" }
   only_passing = true
   soa { refresh = 100, retry = 20, expire = 1000, min_ttl = 3 }
 }`
 		cfg := consuldns.Config{
-			Domain: "consul.", AltDomain: "alt.test.", NodeTTL: 5 * time.Second, ServiceTTL: 7 * time.Second,
+			Domain: "consul.", AltDomain: "alt.test.", NodeTTL: 5 * time.Second,
+			ServiceTTLs: map[string]time.Duration{"*": 7 * time.Second, "d*": 9 * time.Second, "web": 3 * time.Second, "we*": 4 * time.Second},
 			OnlyPassing: true, SOA: consuldns.SOAConfig{Refresh: 100, Retry: 20, Expire: 1000, MinTTL: 3},
 		}
 		runDifferential(t, hcl, cfg, altNames)
@@ -241,7 +242,7 @@ var altNames = []string{
 	"_web._tcp.service.alt.test.", "_web._tcp.alt.test.", "n1.node.alt.test.", "n1.node.dc1.alt.test.",
 	"0a000001.addr.alt.test.", "20010db8000000000000000000000006.addr.dc1.alt.test.",
 	"nosuch.service.alt.test.", "foo.alt.test.", "service.alt.test.", "alias.service.alt.test.",
-	"hn.service.alt.test.", "ext.service.alt.test.", "big.service.alt.test.",
+	"hn.service.alt.test.", "ext.service.alt.test.", "big.service.alt.test.", "WEB.service.alt.test.",
 }
 
 func runDifferential(t *testing.T, hcl string, cfg consuldns.Config, names []string) {

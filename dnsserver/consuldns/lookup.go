@@ -181,11 +181,12 @@ func (r *Resolver) service(q dns.Question, edns bool, cat *health.Catalog, servi
 		return result{out: nameError}
 	}
 	in = r.order.Order(service, in)
+	s := svcQuery{q: q, edns: edns, cat: cat, ttl: ttl(r.serviceTTL(service)), depth: depth}
 	var res result
 	if q.Qtype == dns.TypeSRV {
-		res.answer, res.extra = r.srvRecords(q, edns, cat, in, depth)
+		res.answer, res.extra = r.srvRecords(s, in)
 	} else {
-		res.answer = r.addressRecords(q, edns, cat, in, depth)
+		res.answer = r.addressRecords(s, in)
 	}
 	if len(res.answer) == 0 {
 		res.out = noData

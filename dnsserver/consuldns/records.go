@@ -121,15 +121,24 @@ func rfc1464(key, value string) string {
 	return b.String()
 }
 
+// svcQuery is one service question being answered.
+type svcQuery struct {
+	q     dns.Question
+	edns  bool
+	cat   *health.Catalog
+	ttl   uint32 // the service's TTL
+	depth int    // CNAME chasing left
+}
+
 // addressRecords answers a service question of any type but SRV: one
 // record set per instance, duplicates (two instances of one node) once,
 // CNAMEs only when no instance has an address.
-func (r *Resolver) addressRecords(q dns.Question, edns bool, cat *health.Catalog, in []*health.CatalogInstance, depth int) []dns.RR {
+func (r *Resolver) addressRecords(s svcQuery, in []*health.CatalogInstance) []dns.RR {
 	var answer, cname []dns.RR
 	seen := make(map[string]bool, len(in))
 	count := 0
 	for _, i := range in {
-		recs, _ := r.instanceRecords(q, edns, cat, i, depth)
+		recs, _ := r.instanceRecords(s, i)
 		if len(recs) == 0 {
 			continue
 		}
@@ -159,19 +168,19 @@ func (r *Resolver) addressRecords(q dns.Question, edns bool, cat *health.Catalog
 // srvRecords answers a service's SRV question: one SRV per distinct
 // node/address/port, the targets' addresses and the nodes' meta as
 // additional records.
-func (r *Resolver) srvRecords(q dns.Question, edns bool, cat *health.Catalog, in []*health.CatalogInstance, depth int) (answer, extra []dns.RR) {
+func (r *Resolver) srvRecords(s svcQuery, in []*health.CatalogInstance) (answer, extra []dns.RR) {
 	seen := make(map[string]bool, len(in))
-	respDomain := r.responseDomain(q.Name)
+	respDomain := r.responseDomain(s.q.Name)
 	for _, i := range in {
 		key := i.Node.Name + ":" + pickAddress(acceptAny, i.Address, i.LANv4, i.LANv6) + ":" + strconv.Itoa(i.Port)
 		if seen[key] {
 			continue
 		}
 		seen[key] = true
-		ans, ext := r.instanceRecords(q, edns, cat, i, depth)
+		ans, ext := r.instanceRecords(s, i)
 		answer = append(answer, ans...)
 		extra = append(extra, ext...)
-		extra = append(extra, metaTXT(nodeName(i.Node, cat, respDomain), i.Node, ttl(r.cfg.ServiceTTL))...)
+		extra = append(extra, metaTXT(nodeName(i.Node, s.cat, respDomain), i.Node, s.ttl)...)
 	}
 	return answer, extra
 }
@@ -182,8 +191,8 @@ func nodeName(n *health.CatalogNode, cat *health.Catalog, respDomain string) str
 
 // instanceRecords answers one instance: for SRV the SRV record and its
 // target's address; otherwise its address, or a CNAME for a hostname.
-func (r *Resolver) instanceRecords(q dns.Question, edns bool, cat *health.Catalog, i *health.CatalogInstance, depth int) (answer, extra []dns.RR) {
-	a := acceptFor(q.Qtype)
+func (r *Resolver) instanceRecords(s svcQuery, i *health.CatalogInstance) (answer, extra []dns.RR) {
+	a := acceptFor(s.q.Qtype)
 	svc := pickAddress(a, i.Address, i.LANv4, i.LANv6)
 	node := pickAddress(a, i.Node.Address, i.Node.LANv4, i.Node.LANv6)
 	if svc == "" && node == "" {
@@ -194,23 +203,23 @@ func (r *Resolver) instanceRecords(q dns.Question, edns bool, cat *health.Catalo
 	case svc == "" && nodeIP != nil:
 		if node != i.Node.Address {
 			// A tagged address: name it by the IP, not the node.
-			return r.ipRecords(q, cat, i, nodeIP)
+			return r.ipRecords(s, i, nodeIP)
 		}
-		return r.nodeIPRecords(q, cat, i, nodeIP)
+		return r.nodeIPRecords(s, i, nodeIP)
 	case svc == "":
-		return r.hostRecords(q, edns, cat, i, node, depth)
+		return r.hostRecords(s, i, node)
 	case svcIP != nil:
-		return r.ipRecords(q, cat, i, svcIP)
-	case dns.Fqdn(svc) == q.Name && nodeIP != nil:
+		return r.ipRecords(s, i, svcIP)
+	case dns.Fqdn(svc) == s.q.Name && nodeIP != nil:
 		// A service address naming the question itself means the node.
-		return r.nodeIPRecords(q, cat, i, nodeIP)
+		return r.nodeIPRecords(s, i, nodeIP)
 	}
-	return r.hostRecords(q, edns, cat, i, svc, depth)
+	return r.hostRecords(s, i, svc)
 }
 
-func (r *Resolver) srv(q dns.Question, i *health.CatalogInstance, target string) *dns.SRV {
+func (r *Resolver) srv(s svcQuery, i *health.CatalogInstance, target string) *dns.SRV {
 	return &dns.SRV{
-		Hdr:      dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: ttl(r.cfg.ServiceTTL)},
+		Hdr:      dns.RR_Header{Name: s.q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: s.ttl},
 		Priority: 1,
 		Weight:   weight(i),
 		Port:     uint16(i.Port),
@@ -222,15 +231,16 @@ func (r *Resolver) srv(q dns.Question, i *health.CatalogInstance, target string)
 func weight(*health.CatalogInstance) uint16 { return 1 }
 
 // nodeIPRecords answers with the node's IP; an SRV targets the node's name.
-func (r *Resolver) nodeIPRecords(q dns.Question, cat *health.Catalog, i *health.CatalogInstance, ip net.IP) (answer, extra []dns.RR) {
-	rr := addressRecord(q.Qtype, ip, ttl(r.cfg.ServiceTTL))
+func (r *Resolver) nodeIPRecords(s svcQuery, i *health.CatalogInstance, ip net.IP) (answer, extra []dns.RR) {
+	q := s.q
+	rr := addressRecord(q.Qtype, ip, s.ttl)
 	if rr == nil {
 		return nil, nil
 	}
 	if q.Qtype == dns.TypeSRV {
-		target := nodeName(i.Node, cat, r.responseDomain(q.Name))
+		target := nodeName(i.Node, s.cat, r.responseDomain(q.Name))
 		rr.Header().Name = target
-		return []dns.RR{r.srv(q, i, target)}, []dns.RR{rr}
+		return []dns.RR{r.srv(s, i, target)}, []dns.RR{rr}
 	}
 	rr.Header().Name = q.Name
 	return []dns.RR{rr}, nil
@@ -238,8 +248,9 @@ func (r *Resolver) nodeIPRecords(q dns.Question, cat *health.Catalog, i *health.
 
 // ipRecords answers with an IP of the service's own; an SRV targets the IP
 // written as <hex>.addr.<dc>.<domain>, even when it is the node's address.
-func (r *Resolver) ipRecords(q dns.Question, cat *health.Catalog, i *health.CatalogInstance, ip net.IP) (answer, extra []dns.RR) {
-	rr := addressRecord(q.Qtype, ip, ttl(r.cfg.ServiceTTL))
+func (r *Resolver) ipRecords(s svcQuery, i *health.CatalogInstance, ip net.IP) (answer, extra []dns.RR) {
+	q := s.q
+	rr := addressRecord(q.Qtype, ip, s.ttl)
 	if rr == nil {
 		return nil, nil
 	}
@@ -248,9 +259,9 @@ func (r *Resolver) ipRecords(q dns.Question, cat *health.Catalog, i *health.Cata
 		if v4 := ip.To4(); v4 != nil {
 			h = hex.EncodeToString(v4)
 		}
-		target := h + ".addr." + cat.Datacenter + "." + r.responseDomain(q.Name)
+		target := h + ".addr." + s.cat.Datacenter + "." + r.responseDomain(q.Name)
 		rr.Header().Name = target
-		return []dns.RR{r.srv(q, i, target)}, []dns.RR{rr}
+		return []dns.RR{r.srv(s, i, target)}, []dns.RR{rr}
 	}
 	rr.Header().Name = q.Name
 	return []dns.RR{rr}, nil
@@ -258,11 +269,11 @@ func (r *Resolver) ipRecords(q dns.Question, cat *health.Catalog, i *health.Cata
 
 // hostRecords answers with a hostname: an SRV targets it, anything else gets
 // a CNAME; a name in the served domain is chased and its records added.
-func (r *Resolver) hostRecords(q dns.Question, edns bool, cat *health.Catalog, i *health.CatalogInstance, host string, depth int) (answer, extra []dns.RR) {
-	t := ttl(r.cfg.ServiceTTL)
+func (r *Resolver) hostRecords(s svcQuery, i *health.CatalogInstance, host string) (answer, extra []dns.RR) {
+	q, t := s.q, s.ttl
 	target := dns.Fqdn(host)
 	var more []dns.RR
-	for _, rr := range r.chase(target, cat, depth) {
+	for _, rr := range r.chase(target, s.cat, s.depth) {
 		switch rr.Header().Rrtype {
 		case dns.TypeCNAME, dns.TypeA, dns.TypeAAAA:
 		default:
@@ -271,12 +282,12 @@ func (r *Resolver) hostRecords(q dns.Question, edns bool, cat *health.Catalog, i
 		rr = dns.Copy(rr)
 		rr.Header().Ttl = t
 		more = append(more, rr)
-		if len(more) == maxCNAMERecords && !edns {
+		if len(more) == maxCNAMERecords && !s.edns {
 			break
 		}
 	}
 	if q.Qtype == dns.TypeSRV {
-		return []dns.RR{r.srv(q, i, target)}, more
+		return []dns.RR{r.srv(s, i, target)}, more
 	}
 	cname := &dns.CNAME{
 		Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: t},
