@@ -43,6 +43,8 @@ const DefaultMaxUDPSize = 1232
 type State struct {
 	Zones   *zones.Set
 	Options Options
+	// ConsulDNS, when set, answers the names of its Consul DNS domains.
+	ConsulDNS ConsulDNS
 
 	prepared *prepared   // nil: every query takes the slow path
 	pools    []*poolSlot // by the zones' binding numbers
@@ -166,6 +168,9 @@ func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo)
 	m := new(dns.Msg)
 	if !wellFormed(req.wire) || m.Unpack(req.wire) != nil {
 		return headerOnly(buf, req.wire, dns.RcodeFormatError), replyInfo{answered: true, zone: noZone, rcode: dns.RcodeFormatError}
+	}
+	if out, info, ok := consulAnswer(st, m, req, buf); ok {
+		return out, info
 	}
 	info := replyInfo{answered: true, zone: noZone}
 	if len(m.Question) > 0 {
