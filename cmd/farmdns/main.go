@@ -123,11 +123,16 @@ type server struct {
 	ctx     context.Context // the server's lifetime, for watchers started on reload
 	watch   *watch          // nil without pools
 	watcher atomic.Pointer[health.Watcher]
+	// catalogs feeds the Consul DNS domains; catalogWatch runs it.
+	catalogs     *catalogSlot
+	catalogWatch *catalogWatch
 	// reloaded, if set, is told the outcome of every reload.
 	reloaded chan<- error
 }
 
 func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) *server {
+	catalogs := &catalogSlot{}
+	attachConsulDNS(st, cfg, catalogs)
 	h := dnsserver.NewHandler(st, log)
 	s := &server{
 		path:    path,
@@ -151,6 +156,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 			Help: "When the configuration was last loaded successfully, start-up included.",
 		}),
 	}
+	s.catalogs = catalogs
 	s.reloadOK.Set(1)
 	s.reloadTime.SetToCurrentTime()
 	s.lastReload = reloadStatus{OK: true, At: time.Now()}
@@ -170,8 +176,13 @@ func (s *server) start(ctx context.Context) error {
 	if err := s.startWatch(s.cfg); err != nil {
 		return err
 	}
+	if err := s.startCatalogWatch(s.cfg); err != nil {
+		s.stopWatch()
+		return err
+	}
 	if err := s.dns.Start(ctx); err != nil {
 		s.stopWatch()
+		s.stopCatalogWatch()
 		return err
 	}
 	ln, err := net.Listen("tcp", s.cfg.HTTP.Listen)
@@ -209,6 +220,7 @@ func (s *server) run(ctx context.Context) error {
 			s.web.Shutdown(sctx)
 			err := s.dns.Shutdown(sctx)
 			s.stopWatch()
+			s.stopCatalogWatch()
 			return err
 		}
 	}
@@ -242,6 +254,13 @@ func (s *server) reload() error {
 			s.log.Error("Consul watcher not restarted", "err", err)
 		}
 	}
+	if catalogKey(cfg) != catalogKey(s.cfg) {
+		s.stopCatalogWatch()
+		if err := s.startCatalogWatch(cfg); err != nil {
+			s.log.Error("Consul catalog watcher not restarted", "err", err)
+		}
+	}
+	attachConsulDNS(st, cfg, s.catalogs)
 	s.cfg = cfg
 	s.guard.SetToken(cfg.HTTP.token)
 	s.handler.Swap(st)
