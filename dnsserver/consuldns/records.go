@@ -142,7 +142,7 @@ func (r *Resolver) addressRecords(s svcQuery, in []*health.CatalogInstance) []dn
 		if len(recs) == 0 {
 			continue
 		}
-		key := recs[0].String()
+		key := dedupKey(recs[0])
 		if seen[key] {
 			continue
 		}
@@ -163,6 +163,21 @@ func (r *Resolver) addressRecords(s svcQuery, in []*health.CatalogInstance) []dn
 		return cname
 	}
 	return answer
+}
+
+// dedupKey identifies an instance's first record within one answer, where
+// owner, class and TTL are the same for all: Consul compares the records'
+// text, which costs far more.
+func dedupKey(rr dns.RR) string {
+	switch v := rr.(type) {
+	case *dns.A:
+		return "A" + string(v.A.To4())
+	case *dns.AAAA:
+		return "AAAA" + string(v.AAAA.To16())
+	case *dns.CNAME:
+		return "CNAME" + v.Target
+	}
+	return rr.String()
 }
 
 // srvRecords answers a service's SRV question: one SRV per distinct
