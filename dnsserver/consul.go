@@ -1,16 +1,15 @@
 package dnsserver
 
 import (
-	"strings"
-
 	"github.com/miekg/dns"
 )
 
 // ConsulDNS answers the names of Consul DNS domains (consul. and the like)
 // as Consul's own DNS interface would; package consuldns implements it.
 type ConsulDNS interface {
-	// Answer returns the reply to q, or false when q is not for it.
-	Answer(q *dns.Msg, tcp bool) (*dns.Msg, bool)
+	// Answer returns the reply to q and the domain that answered it, or
+	// false when q is not for it.
+	Answer(q *dns.Msg, tcp bool) (reply *dns.Msg, domain string, ok bool)
 }
 
 // consulAnswer answers m when it is for the state's Consul DNS domains. The
@@ -20,15 +19,11 @@ func consulAnswer(st *State, m *dns.Msg, req request, buf []byte) ([]byte, reply
 	if st.ConsulDNS == nil {
 		return nil, replyInfo{}, false
 	}
-	resp, ok := st.ConsulDNS.Answer(m, req.tcp)
+	resp, domain, ok := st.ConsulDNS.Answer(m, req.tcp)
 	if !ok {
 		return nil, replyInfo{}, false
 	}
-	info := replyInfo{answered: true, zone: noZone, rcode: resp.Rcode}
-	if len(m.Question) > 0 {
-		info.qtype = m.Question[0].Qtype
-		info.zone = strings.ToLower(m.Question[0].Name)
-	}
+	info := replyInfo{answered: true, zone: domain, rcode: resp.Rcode, qtype: m.Question[0].Qtype}
 	out, err := resp.PackBuffer(buf)
 	if err != nil {
 		info.rcode = dns.RcodeServerFailure

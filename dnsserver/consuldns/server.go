@@ -24,12 +24,16 @@ func NewServer(r *Resolver, src CatalogSource) *Server {
 	return &Server{r: r, src: src}
 }
 
-// Answer returns the reply to q, or false when q's question is not under
-// the served domains (or q is not a plain query), so the caller answers it
-// otherwise.
-func (s *Server) Answer(q *dns.Msg, tcp bool) (*dns.Msg, bool) {
-	if q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 || !s.serves(q.Question[0].Name) {
-		return nil, false
+// Answer returns the reply to q and the served domain it is in, or false
+// when q's question is not under the served domains (or q is not a plain
+// query), so the caller answers it otherwise.
+func (s *Server) Answer(q *dns.Msg, tcp bool) (*dns.Msg, string, bool) {
+	if q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 {
+		return nil, "", false
+	}
+	domain := s.domain(q.Question[0].Name)
+	if domain == "" {
+		return nil, "", false
 	}
 	cat := s.src.Catalog()
 	if cat == nil {
@@ -37,16 +41,18 @@ func (s *Server) Answer(q *dns.Msg, tcp bool) (*dns.Msg, bool) {
 		// for names that exist, and resolvers would cache that.
 		m := new(dns.Msg)
 		m.SetRcode(q, dns.RcodeServerFailure)
-		return m, true
+		return m, domain, true
 	}
-	return s.r.Answer(Request{Msg: q, TCP: tcp}, cat), true
+	return s.r.Answer(Request{Msg: q, TCP: tcp}, cat), domain, true
 }
 
-func (s *Server) serves(name string) bool {
+// domain returns the closest served domain name is in, or "".
+func (s *Server) domain(name string) string {
+	best := ""
 	for _, d := range s.r.Domains() {
-		if dns.IsSubDomain(d, name) {
-			return true
+		if dns.IsSubDomain(d, name) && len(d) > len(best) {
+			best = d
 		}
 	}
-	return false
+	return best
 }
