@@ -182,3 +182,31 @@ func BenchmarkAnswer(b *testing.B) {
 		})
 	}
 }
+
+// FuzzAnswer: any question under the domain gets a reply that packs, over
+// any transport, without a panic.
+func FuzzAnswer(f *testing.F) {
+	for _, s := range []string{"web.service.consul.", "_web._tcp.consul.", "n1.node.consul.", "0a000001.addr.consul.", "a.b.c.query.consul.", "consul."} {
+		f.Add(s, uint16(dns.TypeA), uint16(0), false)
+		f.Add(s, uint16(dns.TypeSRV), uint16(1232), true)
+	}
+	r, err := consuldns.New(consuldns.Config{AltDomain: "alt.test."}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	cat := testCatalog()
+	f.Fuzz(func(t *testing.T, name string, qtype, edns uint16, tcp bool) {
+		if _, ok := dns.IsDomainName(name); !ok {
+			return
+		}
+		q := new(dns.Msg)
+		q.SetQuestion(dns.Fqdn(name), qtype)
+		if edns != 0 {
+			q.SetEdns0(edns, false)
+		}
+		m := r.Answer(consuldns.Request{Msg: q, TCP: tcp}, cat)
+		if _, err := m.Pack(); err != nil {
+			t.Fatalf("%s %d: pack: %v\n%v", name, qtype, err, m)
+		}
+	})
+}
