@@ -187,6 +187,9 @@ type transport struct {
 	tcp  bool
 	edns uint16
 	ecs  bool // with an EDNS client subnet option
+	// odd flips the header flags a client may set: RD off, CD and AD on,
+	// and the DO bit with EDNS.
+	odd bool
 }
 
 func (tr transport) String() string {
@@ -200,10 +203,13 @@ func (tr transport) String() string {
 	if tr.ecs {
 		return fmt.Sprintf("%s/edns%d+ecs", proto, tr.edns)
 	}
+	if tr.odd {
+		return fmt.Sprintf("%s/edns%d+do,cd,ad,-rd", proto, tr.edns)
+	}
 	return fmt.Sprintf("%s/edns%d", proto, tr.edns)
 }
 
-var diffTransports = []transport{{}, {edns: 512}, {edns: 1232}, {tcp: true}, {edns: 1232, ecs: true}}
+var diffTransports = []transport{{}, {edns: 512}, {edns: 1232}, {tcp: true}, {edns: 1232, ecs: true}, {edns: 4096, odd: true}}
 
 // TestConsulDifferential asks a real Consul agent and the core the same
 // questions about the same catalog and requires the same replies: rcode,
@@ -299,7 +305,10 @@ func query(name string, qt uint16, tr transport) *dns.Msg {
 	q := new(dns.Msg)
 	q.SetQuestion(name, qt)
 	if tr.edns != 0 {
-		q.SetEdns0(tr.edns, false)
+		q.SetEdns0(tr.edns, tr.odd)
+	}
+	if tr.odd {
+		q.RecursionDesired, q.CheckingDisabled, q.AuthenticatedData = false, true, true
 	}
 	if tr.ecs {
 		opt := q.IsEdns0()
