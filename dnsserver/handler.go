@@ -57,6 +57,8 @@ func (o *Options) nsid() string {
 type State struct {
 	Zones   *zones.Set
 	Options Options
+	// ConsulDNS, when set, answers the names of its Consul DNS domains.
+	ConsulDNS ConsulDNS
 
 	prepared *prepared   // nil: every query takes the slow path
 	pools    []*poolSlot // by the zones' binding numbers
@@ -180,6 +182,9 @@ func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo)
 	m := new(dns.Msg)
 	if !wellFormed(req.wire) || m.Unpack(req.wire) != nil {
 		return headerOnly(buf, req.wire, dns.RcodeFormatError), replyInfo{answered: true, zone: noZone, rcode: dns.RcodeFormatError}
+	}
+	if out, info, ok := consulAnswer(st, m, req, buf); ok {
+		return out, info
 	}
 	info := replyInfo{answered: true, zone: noZone}
 	if len(m.Question) > 0 {

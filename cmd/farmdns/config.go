@@ -19,6 +19,7 @@ import (
 
 	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
+	"github.com/farmdns/farmdns/dnsserver/consuldns"
 	"github.com/farmdns/farmdns/dnsserver/rrl"
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/policy"
@@ -37,9 +38,13 @@ type Config struct {
 	Log    LogConfig     `yaml:"log"`
 	Consul ConsulSection `yaml:"consul"`
 	Zones  []ZoneConfig  `yaml:"zones"`
+	// ConsulDNS answers Consul's DNS names; see consuldns.go.
+	ConsulDNS *ConsulDNSConfig `yaml:"consul_dns"`
 
 	dir  string // relative zone files are read from here
 	seed uint64 // this process's random seed for the policies
+
+	consulDNS *consuldns.Resolver // built from ConsulDNS by validate
 }
 
 // DNSConfig is the `dns:` block.
@@ -291,9 +296,10 @@ func (c *Config) validate() error {
 	if _, err := logLevel(c.Log.Level); err != nil {
 		bad("log.level", "%v", err)
 	}
-	if len(c.Zones) == 0 {
+	if len(c.Zones) == 0 && c.ConsulDNS == nil {
 		bad("zones", "no zones configured")
 	}
+	c.validateConsulDNS(bad)
 	seen := map[string]bool{}
 	for i, z := range c.Zones {
 		key := fmt.Sprintf("zones[%d]", i)
@@ -343,7 +349,7 @@ func (c *Config) validate() error {
 			}
 		}
 	}
-	if c.hasPools() {
+	if c.hasPools() || c.ConsulDNS != nil {
 		if err := c.Consul.Validate(); err != nil {
 			errs = append(errs, err)
 		}

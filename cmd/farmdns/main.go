@@ -128,11 +128,16 @@ type server struct {
 
 	ctx   context.Context       // the server's lifetime, for watchers started on reload
 	watch atomic.Pointer[watch] // nil without pools
+	// catalogs feeds the Consul DNS domains; catalogWatch runs it.
+	catalogs     *catalogSlot
+	catalogWatch *catalogWatch
 	// reloaded, if set, is told the outcome of every reload.
 	reloaded chan<- error
 }
 
 func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) *server {
+	catalogs := &catalogSlot{}
+	attachConsulDNS(st, cfg, catalogs)
 	h := dnsserver.NewHandler(st, log)
 	s := &server{
 		path:    path,
@@ -156,6 +161,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 		}),
 	}
 	s.cfg.Store(cfg)
+	s.catalogs = catalogs
 	s.reloadOK.Set(1)
 	s.reloadTime.SetToCurrentTime()
 	s.lastReload = reloadStatus{OK: true, At: time.Now()}
@@ -181,14 +187,20 @@ func (s *server) start(ctx context.Context) error {
 		return err
 	}
 	s.startWatch(w, key)
+	if err := s.startCatalogWatch(cfg); err != nil {
+		s.stopWatch()
+		return err
+	}
 	if err := s.dns.Start(ctx); err != nil {
 		s.stopWatch()
+		s.stopCatalogWatch()
 		return err
 	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		s.dns.Shutdown(context.Background())
 		s.stopWatch()
+		s.stopCatalogWatch()
 		return fmt.Errorf("http listen: %w", err)
 	}
 	s.webLn = ln
@@ -222,6 +234,7 @@ func (s *server) run(ctx context.Context) error {
 			s.web.Shutdown(sctx)
 			err := s.dns.Shutdown(sctx)
 			s.stopWatch()
+			s.stopCatalogWatch()
 			return err
 		}
 	}
@@ -272,6 +285,13 @@ func (s *server) reload() error {
 			s.log.Error("rate limiting unchanged", "err", err)
 		}
 	}
+	if catalogKey(cfg) != catalogKey(old) {
+		s.stopCatalogWatch()
+		if err := s.startCatalogWatch(cfg); err != nil {
+			s.log.Error("Consul catalog watcher not restarted", "err", err)
+		}
+	}
+	attachConsulDNS(st, cfg, s.catalogs)
 	s.cfg.Store(cfg)
 	s.guard.SetToken(cfg.HTTP.token)
 	s.dns.SetTCPLimits(cfg.DNS.TCPIdleTimeout, cfg.DNS.MaxTCPConnections)
