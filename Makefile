@@ -35,8 +35,11 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	.ci/dnsperf.sh 10 2
 
+# FuzzServe: the example zone and a farm of pools, fast path against slow.
+# make fuzz FUZZTIME=10m runs it longer.
+FUZZTIME ?= 60s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzServe -fuzztime 60s ./dnsserver
+	$(GO) test -run '^$$' -fuzz FuzzServe -fuzztime $(FUZZTIME) ./dnsserver
 
 # A whole farm on this machine: Consul, four nodes with agents, farmdns, clients.
 demo: test-deps

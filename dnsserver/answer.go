@@ -2,7 +2,9 @@ package dnsserver
 
 import (
 	"encoding/hex"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -84,24 +86,34 @@ func answerIn(st *State, q *dns.Msg, req request) (*dns.Msg, int) {
 		case res.Label != "":
 			answerSRVTarget(r, st, z, res, question.Qtype)
 		case question.Qtype == dns.TypeSRV:
-			dynamic = answerSRV(r, st, z, res, req.remote)
+			dynamic = answerSRV(r, st, z, res, req.remote, room(q, r, opt, req.tcp, st))
 		default:
-			dynamic = answerPool(r, st, z, res, question.Qtype, req.remote)
+			dynamic = answerPool(r, st, z, res, question.Qtype, req.remote, room(q, r, opt, req.tcp, st))
 		}
 	}
 	return withOPT(r, opt, st), dynamic
 }
 
-// answerPool adds the records a pool chooses for the name a lookup ended on.
-// It returns how many it added.
-func answerPool(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qtype uint16, client netip.Addr) int {
+// answerPool adds the records a pool chooses for the name a lookup ended on,
+// as many as fit in room octets, and returns how many it added. The pool
+// is asked for no more: its ledger counts the records it chose, and must
+// count only those sent.
+func answerPool(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qtype uint16, client netip.Addr, room int) int {
 	owner := r.Question[0].Name
 	if n := len(res.Answer); n > 0 {
 		owner = res.Answer[n-1].(*dns.CNAME).Target // a chain led here
 	}
-	var dst [policy.MaxAnswers]int
-	c := choose(st.pools[res.Pool], dst[:0], qtype, client)
 	r.Authoritative = true
+	fit := min(room/addressRRLen(qtype), policy.MaxAnswers)
+	if fit < 1 {
+		// Not one record fits: the client asks again over TCP, where the
+		// choice is made. A partial chain must not be sent (RFC 2181
+		// section 9).
+		r.Answer, r.Truncated = nil, true
+		return 0
+	}
+	var dst [policy.MaxAnswers]int
+	c := choose(st.pools[res.Pool], dst[:0:fit], qtype, client)
 	switch c.outcome {
 	case policy.OutcomeAnswer, policy.OutcomeFailOpen:
 		for _, i := range c.picked {
@@ -117,6 +129,31 @@ func answerPool(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qtype ui
 		r.Rcode = dns.RcodeServerFailure
 	}
 	return 0
+}
+
+// addressRRLen is the length of one pool record answering qtype: an A, or
+// an AAAA for AAAA, whose owner is a pointer to the same name earlier in the
+// reply (the question, or the target of the chain's last CNAME).
+func addressRRLen(qtype uint16) int {
+	if qtype == dns.TypeAAAA {
+		return 2 + 10 + net.IPv6len
+	}
+	return 2 + 10 + net.IPv4len
+}
+
+// room is how many octets the reply r to q has left for a pool's records.
+func room(q, r *dns.Msg, opt *dns.OPT, tcp bool, st *State) int {
+	return limit(q, tcp, st.Options.MaxUDPSize) - lenWithOPT(r, opt, st)
+}
+
+// lenWithOPT is the length of r once withOPT has added our OPT record.
+func lenWithOPT(r *dns.Msg, opt *dns.OPT, st *State) int {
+	if opt == nil {
+		return r.Len()
+	}
+	m := *r
+	m.Extra = append(slices.Clip(r.Extra), responseOPT(opt, &st.Options, dns.RcodeSuccess)) // Clip: the zone's slice is shared
+	return m.Len()
 }
 
 // reply starts a response to q: same ID, opcode and question, RD and CD
@@ -196,10 +233,10 @@ func responseOPT(q *dns.OPT, opts *Options, rcode int) *dns.OPT {
 	if q.Do() {
 		o.SetDo() // echoed (RFC 3225 section 3)
 	}
-	if opts != nil && opts.NSID != "" && rcode != dns.RcodeBadVers {
+	if opts != nil && opts.nsid() != "" && rcode != dns.RcodeBadVers {
 		for _, e := range q.Option {
 			if e.Option() == dns.EDNS0NSID {
-				o.Option = append(o.Option, &dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: hex.EncodeToString([]byte(opts.NSID))})
+				o.Option = append(o.Option, &dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: hex.EncodeToString([]byte(opts.nsid()))})
 				break
 			}
 		}

@@ -65,6 +65,9 @@ func prepare(st *State) *prepared {
 			slices.Sort(qtypes)
 			var answers []preparedAnswer
 			for _, qt := range slices.Compact(qtypes) {
+				if qt == dns.TypeTXT && name == statusLabel+z.Origin {
+					continue // the status records, for allowed clients (statusTXT)
+				}
 				a, ok := prepareOne(st, z, buf, name, qt, n)
 				if ok {
 					a.zone = z.Origin
@@ -186,12 +189,28 @@ func parseFast(msg []byte, key *[255]byte) (q fastQuery, ok bool) {
 			if o+4+l > rdEnd {
 				return q, false
 			}
+			if !fastOption(code) {
+				return q, false
+			}
 			q.nsid = q.nsid || code == dns.EDNS0NSID
 			o += 4 + l
 		}
 		return q, true
 	}
 	return q, off == len(msg)
+}
+
+// fastOption reports whether the slow path accepts an option with this code
+// whatever its content, so that the fast path may skip it unread. miekg/dns
+// rejects some malformed options (an ECS of an unknown family, say), which
+// the slow path answers FORMERR; those, and codes it may learn to parse
+// later, take the slow path.
+func fastOption(code uint16) bool {
+	switch code {
+	case dns.EDNS0NSID, dns.EDNS0DAU, dns.EDNS0DHU, dns.EDNS0N3U, dns.EDNS0COOKIE, dns.EDNS0PADDING:
+		return true
+	}
+	return code >= 65001 && code <= 65534 // local and experimental use (RFC 6891 section 9)
 }
 
 // fastAnswer writes the reply to a plain query into buf if a prepared answer
@@ -217,8 +236,8 @@ func fastAnswer(st *State, buf []byte, req request) (out []byte, info replyInfo,
 	optLen := 0
 	if q.edns {
 		optLen = 11
-		if q.nsid && st.Options.NSID != "" {
-			optLen += 4 + len(st.Options.NSID)
+		if nsid := st.Options.nsid(); q.nsid && nsid != "" {
+			optLen += 4 + len(nsid)
 		}
 	}
 	limit := min(len(buf), fastLimit(q, req.tcp, st.Options.MaxUDPSize))
@@ -255,28 +274,23 @@ func appendHeader(out, msg []byte, q fastQuery, flags, an, ns, ar uint16) []byte
 
 // fastPool answers a pool's name with the records its policy chooses for
 // this query, as many as fit in room octets: fewer records rather than TC.
-// It returns the reply and its rcode.
+// It returns the reply and its rcode. Whatever the pool may answer must fit
+// before it is asked: its choice is counted in its ledger, and falling back
+// to the slow path after choosing would count a choice twice.
 func fastPool(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer, room int) ([]byte, int, bool) {
+	fit := (room - q.qEnd) / addressRRLen(q.qtype)
+	if fit < 1 || q.qEnd+len(a.body) > room {
+		return nil, 0, false
+	}
 	var dst [policy.MaxAnswers]int
-	c := choose(st.pools[a.pool], dst[:0], q.qtype, req.remote)
+	c := choose(st.pools[a.pool], dst[:0:min(fit, policy.MaxAnswers)], q.qtype, req.remote)
 	var out []byte
 	rcode := dns.RcodeSuccess
 	switch c.outcome {
 	case policy.OutcomeAnswer, policy.OutcomeFailOpen:
-		recLen := 16 // pointer, type, class, TTL, length, IPv4 address
-		if q.qtype == dns.TypeAAAA {
-			recLen = 28
-		}
-		fit := (room - q.qEnd) / recLen
-		if fit < 1 {
-			return nil, 0, false
-		}
-		out = appendHeader(buf[:0], req.wire, q, 1<<10, uint16(min(fit, len(c.picked))), 0, 0)
-		out, _ = c.appendAddressRecords(out, fit)
+		out = appendHeader(buf[:0], req.wire, q, 1<<10, uint16(len(c.picked)), 0, 0)
+		out, _ = c.appendAddressRecords(out, len(c.picked))
 	case policy.OutcomeNoData:
-		if q.qEnd+len(a.body) > room {
-			return nil, 0, false
-		}
 		out = appendHeader(buf[:0], req.wire, q, a.flags, a.an, a.ns, a.ar)
 		out = append(out, a.body...)
 	default: // see answerPool
@@ -304,11 +318,11 @@ func appendOPT(out []byte, st *State, q fastQuery) []byte {
 		doBit = 0x80
 	}
 	out = append(out, doBit, 0)
-	if q.nsid && st.Options.NSID != "" {
-		out = binary.BigEndian.AppendUint16(out, uint16(4+len(st.Options.NSID)))
+	if nsid := st.Options.nsid(); q.nsid && nsid != "" {
+		out = binary.BigEndian.AppendUint16(out, uint16(4+len(nsid)))
 		out = binary.BigEndian.AppendUint16(out, dns.EDNS0NSID)
-		out = binary.BigEndian.AppendUint16(out, uint16(len(st.Options.NSID)))
-		return append(out, st.Options.NSID...)
+		out = binary.BigEndian.AppendUint16(out, uint16(len(nsid)))
+		return append(out, nsid...)
 	}
 	return binary.BigEndian.AppendUint16(out, 0)
 }

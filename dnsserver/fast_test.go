@@ -1,10 +1,16 @@
 package dnsserver
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/farmdns/farmdns/health"
+	"github.com/farmdns/farmdns/policy"
+	"github.com/farmdns/farmdns/zones"
 )
 
 // TestFastPathEqualsSlowPath sends the differential corpus through a handler
@@ -108,3 +114,200 @@ func BenchmarkServe(b *testing.B) {
 type discard struct{}
 
 func (discard) write([]byte) error { return nil }
+
+// optionVariants are EDNS options a query may carry, well-formed and not:
+// the slow path unpacks each (miekg/dns rejects some malformed ones, which
+// is FORMERR), so the fast path must agree on every one.
+func optionVariants() map[string]dns.EDNS0 {
+	local := func(code uint16, data ...byte) dns.EDNS0 { return &dns.EDNS0_LOCAL{Code: code, Data: data} }
+	return map[string]dns.EDNS0{
+		"nsid":                 &dns.EDNS0_NSID{Code: dns.EDNS0NSID},
+		"ecs":                  local(dns.EDNS0SUBNET, 0, 1, 24, 0, 192, 0, 2),
+		"ecs family 256":       local(dns.EDNS0SUBNET, 1, 0, 24, 0, 192, 0, 2),
+		"ecs bad netmask":      local(dns.EDNS0SUBNET, 0, 1, 33, 0, 192, 0, 2, 0, 1),
+		"ecs short":            local(dns.EDNS0SUBNET, 0),
+		"cookie":               &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"},
+		"cookie odd length":    local(dns.EDNS0COOKIE, 1, 2, 3),
+		"padding":              &dns.EDNS0_PADDING{Padding: make([]byte, 7)},
+		"keepalive bad length": local(dns.EDNS0TCPKEEPALIVE, 1),
+		"expire bad length":    local(dns.EDNS0EXPIRE, 1, 2),
+		"ede short":            local(dns.EDNS0EDE, 1),
+		"llq short":            local(dns.EDNS0LLQ, 1),
+		"ul short":             local(dns.EDNS0UL, 1),
+		"zoneversion short":    local(dns.EDNS0ZONEVERSION),
+		"report-channel bad":   local(dns.EDNS0REPORTING, 0xc0),
+		"unknown code":         local(20, 1, 2, 3),
+		"local":                local(65001, 1, 2),
+	}
+}
+
+// TestFastPathEqualsSlowPathOptions: a query with an option the fast path
+// does not check must get the slow path's answer, FORMERR included.
+func TestFastPathEqualsSlowPathOptions(t *testing.T) {
+	st := testState(t)
+	fast := NewHandler(st, testLogger(t))
+	slow := NewHandler(&State{Zones: st.Zones, Options: st.Options}, testLogger(t))
+	for name, o := range optionVariants() {
+		for _, q := range []*dns.Msg{query("example.org.", dns.TypeA, withOption(o)), query("mail.example.org.", dns.TypeMX, withOption(o))} {
+			f, s := serveMsg(t, fast, q, false), serveMsg(t, slow, q, false)
+			if fs, ss := strings.ToLower(f.String()), strings.ToLower(s.String()); fs != ss {
+				t.Errorf("%s, %s:\nfast:\n%s\nslow:\n%s", name, q.Question[0].Name, fs, ss)
+			}
+		}
+	}
+	// What resolvers commonly send stays on the fast path.
+	for _, name := range []string{"nsid", "cookie", "padding"} {
+		wire := mustPack(t, query("example.org.", dns.TypeA, withOption(optionVariants()[name])))
+		if _, _, ok := fastAnswer(st, make([]byte, 65535), request{wire: wire}); !ok {
+			t.Errorf("%s: not taken by the fast path", name)
+		}
+	}
+}
+
+// farm serves farm.example. as farmHandler does, with opts, each pool's
+// policy edited by edit (nil: as is), fed with services. Without fast, the
+// State has no ready-made replies: every query takes the slow path.
+func farm(t testing.TB, opts Options, edit func(*policy.Config), services map[string][]health.Target, fast bool) *Handler {
+	t.Helper()
+	ab := []uint16{dns.TypeA, dns.TypeAAAA}
+	z, err := zones.Parse("farm.example.", "farm.zone", strings.NewReader(farmZone+farmExtra),
+		zones.Binding{Name: "@", Types: ab, Pool: 0}, zones.Binding{Name: "lb", Types: ab, Pool: 1},
+		zones.Binding{Name: "_ws._tcp", Types: []uint16{dns.TypeSRV}, Pool: 0},
+		zones.Binding{Name: "nodes", Children: true, Pool: 0},
+		zones.Binding{Name: longPool, Types: ab, Pool: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := zones.NewSet(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := policy.DefaultConfig()
+	nodes.Answers = 2
+	shards := policy.DefaultConfig()
+	shards.Mode, shards.ShardMeta, shards.Answers = policy.Shards, "shard", 2
+	if edit != nil {
+		edit(&nodes)
+		edit(&shards)
+	}
+	if opts.MaxUDPSize == 0 {
+		opts.MaxUDPSize = DefaultMaxUDPSize
+	}
+	if opts.StatusFrom == nil {
+		opts.StatusFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	}
+	st := NewState(set, opts,
+		PoolSpec{Name: "farm.example.", Zone: "farm.example.", Service: "ws", Policy: nodes},
+		PoolSpec{Name: "lb.farm.example.", Zone: "farm.example.", Service: "ws", LBService: "ws-lb", Policy: shards})
+	if !fast {
+		st.prepared = nil
+	}
+	h := NewHandler(st, testLogger(t))
+	h.pools.update(&h.state, services, time.Now())
+	return h
+}
+
+// farmExtra adds to farmZone what a pool's neighbours may hold: static
+// records beside a pool, a chain into it, a name of the status page's.
+var farmExtra = `@ MX 10 mail
+@ TXT "static text at a pool's name"
+mail A 192.0.2.25
+chain CNAME www
+_status TXT "the zone's own _status"
+` + longChain + ` CNAME ` + longPool + `
+` + longerChain + ` CNAME ` + longPool + `
+`
+
+// Long names leave a small reply little room for a pool's records: 252, 35
+// and 99 octets, the chains' CNAMEs adding 252 more.
+var (
+	longPool    = strings.Repeat("x", 63) + "." + strings.Repeat("y", 63) + "." + strings.Repeat("z", 63) + "." + strings.Repeat("w", 45) + ".farm.example."
+	longChain   = strings.Repeat("s", 20) + ".farm.example."
+	longerChain = strings.Repeat("q", 63) + "." + strings.Repeat("r", 20) + ".farm.example."
+)
+
+// TestFastPathEqualsSlowPathPools sends pool questions (addresses, shards,
+// SRV, the SRV targets' names, _status, chains into pools, static records
+// beside them) to a handler with ready-made replies and to one without,
+// in lockstep, so that both pools see the same questions in the same order.
+// Round robin and an unjittered TTL make each choice depend on that order
+// alone, and every asker is new, so the replies must be the same to the
+// octet: records, their order, TTLs, counts, flags, OPT.
+func TestFastPathEqualsSlowPathPools(t *testing.T) {
+	critical := farmServices()
+	for i := range critical["ws"] {
+		critical["ws"][i].Health = health.HealthCritical
+		critical["ws"][i].Load.Connections = int64(100 + 10*i) // fail-open ranks them, without ties
+	}
+	names := []string{"farm.example.", "FaRm.Example.", "lb.farm.example.", "_ws._tcp.farm.example.", "_WS._tcp.farm.example.",
+		"n1.nodes.farm.example.", "N6.nodes.farm.example.", "n9.nodes.farm.example.", "x.n1.nodes.farm.example.", "nodes.farm.example.",
+		"_status.farm.example.", "_STATUS.farm.example.", "www.farm.example.", "chain.farm.example.", "mail.farm.example.",
+		"nothere.farm.example.", longPool, longChain, longerChain}
+	types := []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeSRV, dns.TypeTXT, dns.TypeMX, dns.TypeANY, dns.TypeSOA, dns.TypeNS}
+	variants := map[string]func(*dns.Msg){
+		"edns": func(*dns.Msg) {}, "noedns": noEDNS, "do": withDO, "rd": withRD, "nsid": withOption(optionVariants()["nsid"]),
+		"small nsid": func(m *dns.Msg) { small(m); withOption(optionVariants()["nsid"])(m) },
+		"cookie":     withOption(optionVariants()["cookie"]), "bad ecs": withOption(optionVariants()["ecs family 256"]),
+	}
+	for _, c := range []struct {
+		name     string
+		onEmpty  policy.OnEmpty
+		services map[string][]health.Target
+	}{
+		{"answers", policy.EmptyFailOpen, farmServices()},
+		{"fail-open", policy.EmptyFailOpen, critical},
+		{"nodata", policy.EmptyNoData, critical},
+		{"servfail", policy.EmptyServFail, critical},
+		{"no snapshot yet", policy.EmptyFailOpen, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			edit := func(p *policy.Config) {
+				p.Policy, p.Answers, p.OnEmpty = policy.RoundRobin, 3, c.onEmpty
+				p.TTL, p.TTLJitter = 7*time.Second, 0
+			}
+			opts := Options{NSID: strings.Repeat("n", MaxNSID)}
+			fast, slow := farm(t, opts, edit, c.services, true), farm(t, opts, edit, c.services, false)
+			i, fastPool := 0, 0
+			for _, name := range names {
+				for _, qt := range types {
+					for vname, v := range variants {
+						for _, tcp := range []bool{false, true} {
+							i++
+							// Every asker new; odd ones may not see _status.
+							remote := netip.AddrFrom4([4]byte{127, byte(i >> 8), byte(i), 1})
+							if i%2 == 1 {
+								remote = netip.AddrFrom4([4]byte{198, byte(i >> 8), byte(i), 1})
+							}
+							wire := mustPack(t, query(name, qt, v))
+							f, fi := respondMsg(t, fast, wire, tcp, remote)
+							s, _ := respondMsg(t, slow, wire, tcp, remote)
+							if fs, ss := strings.ToLower(f.String()), strings.ToLower(s.String()); fs != ss {
+								t.Fatalf("%s %s %s tcp=%v from %v:\nfast:\n%s\nslow:\n%s", name, dns.Type(qt), vname, tcp, remote, fs, ss)
+							}
+							if fi.fast && len(addrs(f)) > 0 {
+								fastPool++
+							}
+						}
+					}
+				}
+			}
+			if c.name == "answers" && fastPool == 0 {
+				t.Error("no pool answer came from the fast path")
+			}
+			t.Logf("%d questions, %d pool answers from the fast path", i, fastPool)
+		})
+	}
+}
+
+// respondMsg runs wire through h and returns the reply, and what the
+// handler says of it.
+func respondMsg(t *testing.T, h *Handler, wire []byte, tcp bool, remote netip.Addr) (*dns.Msg, replyInfo) {
+	t.Helper()
+	var rec recorder
+	out, info := h.respond(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: remote})
+	r := new(dns.Msg)
+	if err := r.Unpack(out); err != nil {
+		t.Fatalf("reply does not parse: %v", err)
+	}
+	return r, info
+}

@@ -19,7 +19,8 @@ import (
 
 // Options are the protocol settings of one configuration.
 type Options struct {
-	// NSID is returned to clients that ask for it (RFC 5001); empty: not returned.
+	// NSID is returned to clients that ask for it (RFC 5001); empty, or
+	// longer than MaxNSID octets: not returned.
 	NSID string
 	// Identity answers CHAOS TXT hostname.bind and id.server; nil: refused.
 	Identity *string
@@ -38,11 +39,26 @@ type Options struct {
 // DefaultMaxUDPSize is the default of Options.MaxUDPSize.
 const DefaultMaxUDPSize = 1232
 
+// MaxNSID is the longest NSID sent. An identifier needs no more, and it
+// leaves a 512-octet reply room for the longest question, the OPT record
+// and six A records.
+const MaxNSID = 128
+
+// nsid returns the NSID to send to a client that asks for it; "" for none.
+func (o *Options) nsid() string {
+	if len(o.NSID) > MaxNSID {
+		return ""
+	}
+	return o.NSID
+}
+
 // State is everything one configuration serves. It is immutable: a reload
 // builds a new State and swaps it in whole.
 type State struct {
 	Zones   *zones.Set
 	Options Options
+	// ConsulDNS, when set, answers the names of its Consul DNS domains.
+	ConsulDNS ConsulDNS
 
 	prepared *prepared   // nil: every query takes the slow path
 	pools    []*poolSlot // by the zones' binding numbers
@@ -166,6 +182,9 @@ func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo)
 	m := new(dns.Msg)
 	if !wellFormed(req.wire) || m.Unpack(req.wire) != nil {
 		return headerOnly(buf, req.wire, dns.RcodeFormatError), replyInfo{answered: true, zone: noZone, rcode: dns.RcodeFormatError}
+	}
+	if out, info, ok := consulAnswer(st, m, req, buf); ok {
+		return out, info
 	}
 	info := replyInfo{answered: true, zone: noZone}
 	if len(m.Question) > 0 {

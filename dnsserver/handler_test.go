@@ -2,10 +2,13 @@ package dnsserver
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -205,36 +208,245 @@ func TestTransferAllowed(t *testing.T) {
 	}
 }
 
+// FuzzServe sends whatever it is given to the example zone and to a farm
+// of pools (addresses, shards, SRV, target names, _status, chains), each
+// served twice: with the fast path and without. Nothing may panic, every
+// reply must parse, carry the query's ID and fit its transport, and the two
+// paths must give the same reply. The farm's handlers answer in lockstep,
+// with round robin, no TTL jitter and a new asker each time, so that their
+// choices depend only on the order of the questions; a third farm handler,
+// with the default policy, is only checked for sanity.
 func FuzzServe(f *testing.F) {
+	ecs := optionVariants()
 	for _, q := range []*dns.Msg{query("www.example.org.", dns.TypeA), query("x.wild.example.org.", dns.TypeTXT, withDO),
-		query("big.example.org.", dns.TypeTXT, noEDNS), query("version.bind.", dns.TypeTXT, withClass(dns.ClassCHAOS))} {
+		query("big.example.org.", dns.TypeTXT, noEDNS), query("version.bind.", dns.TypeTXT, withClass(dns.ClassCHAOS)),
+		query("example.org.", dns.TypeA, withOption(ecs["ecs family 256"])),
+		query("farm.example.", dns.TypeA), query("FARM.example.", dns.TypeAAAA, noEDNS), query("lb.farm.example.", dns.TypeA),
+		query("_ws._tcp.farm.example.", dns.TypeSRV), query("n1.nodes.farm.example.", dns.TypeA),
+		query("n6.nodes.farm.example.", dns.TypeAAAA, withDO), query("n9.nodes.farm.example.", dns.TypeTXT),
+		query("_status.farm.example.", dns.TypeTXT), query("www.farm.example.", dns.TypeA, small),
+		query(longChain, dns.TypeA, small, withOption(ecs["nsid"])), query(longPool, dns.TypeAAAA, withOption(ecs["cookie"])),
+		query("farm.example.", dns.TypeA, withOption(ecs["ecs"]), withOption(ecs["nsid"])),
+		query("farm.example.", dns.TypeA, withOption(ecs["ecs family 256"])),
+		query("_ws._tcp.farm.example.", dns.TypeSRV, withOption(ecs["ecs bad netmask"])),
+		query("farm.example.", dns.TypeAAAA, withOption(ecs["keepalive bad length"])),
+	} {
 		b, _ := q.Pack()
 		f.Add(b, false)
-	}
-	for _, q := range []*dns.Msg{query("farm.example.", dns.TypeA), query("_ws._tcp.farm.example.", dns.TypeSRV),
-		query("n1.nodes.farm.example.", dns.TypeAAAA), query("_status.farm.example.", dns.TypeTXT)} {
-		b, _ := q.Pack()
 		f.Add(b, true)
 	}
-	// The example zone, and a farm with pools fed by targets.
-	static, farm := NewHandler(testState(f), testLogger(f)), farmHandler(f, policy.EmptyFailOpen, farmServices())
+	st := testState(f)
+	static, staticSlow := NewHandler(st, testLogger(f)), NewHandler(&State{Zones: st.Zones, Options: st.Options}, testLogger(f))
+	lockstep := func(p *policy.Config) { p.Policy, p.TTLJitter = policy.RoundRobin, 0 }
+	opts := Options{NSID: "ns-fuzz", StatusFrom: []netip.Prefix{netip.MustParsePrefix("fd00::/16")}}
+	farmFast, farmSlow := farm(f, opts, lockstep, farmServices(), true), farm(f, opts, lockstep, farmServices(), false)
+	farmDefault := farm(f, opts, nil, farmServices(), true)
+	var askers atomic.Uint32
 	f.Fuzz(func(t *testing.T, wire []byte, tcp bool) {
-		h := static
-		if len(wire) > 0 && wire[len(wire)-1]&1 == 1 {
-			h = farm
+		// Every asker in a /56 of its own; one in four may see _status.
+		a := askers.Add(1)
+		b := [16]byte{0x20, 0x01, 0, byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}
+		if a%4 == 0 {
+			b[0], b[1] = 0xfd, 0
 		}
-		var rec recorder
-		h.serve(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: netip.MustParseAddr("127.0.0.1")})
-		if h.Panics() != 0 {
-			t.Fatal("the handler panicked")
-		}
-		for _, r := range rec.msgs {
-			if len(r) < headerLen || binary.BigEndian.Uint16(r) != binary.BigEndian.Uint16(wire) {
-				t.Fatalf("reply does not carry the query ID")
+		remote := netip.AddrFrom16(b)
+		for _, pair := range [][2]*Handler{{static, staticSlow}, {farmFast, farmSlow}, {farmDefault, nil}} {
+			fast := fuzzServe(t, pair[0], wire, tcp, remote)
+			if pair[1] == nil {
+				continue
 			}
-			if !tcp && len(r) > DefaultMaxUDPSize {
-				t.Fatalf("UDP reply of %d octets", len(r))
+			slow := fuzzServe(t, pair[1], wire, tcp, remote)
+			if (fast == nil) != (slow == nil) {
+				t.Fatalf("fast replied %v, slow %v", fast != nil, slow != nil)
+			}
+			if fast == nil {
+				continue
+			}
+			if fs, ss := strings.ToLower(fast.String()), strings.ToLower(slow.String()); fs != ss {
+				t.Fatalf("fast:\n%s\nslow:\n%s", fs, ss)
 			}
 		}
 	})
+}
+
+// fuzzServe runs wire through h, checks the reply, and returns it parsed.
+func fuzzServe(t *testing.T, h *Handler, wire []byte, tcp bool, remote netip.Addr) *dns.Msg {
+	t.Helper()
+	var rec recorder
+	h.serve(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: remote})
+	if h.Panics() != 0 {
+		t.Fatal("the handler panicked")
+	}
+	if len(rec.msgs) > 1 && !tcp {
+		t.Fatalf("%d replies over UDP", len(rec.msgs))
+	}
+	var r *dns.Msg
+	for _, out := range rec.msgs {
+		if len(out) < headerLen || binary.BigEndian.Uint16(out) != binary.BigEndian.Uint16(wire) || out[2]&0x80 == 0 {
+			t.Fatalf("reply is not a response with the query's ID")
+		}
+		if !tcp && len(out) > DefaultMaxUDPSize {
+			t.Fatalf("UDP reply of %d octets", len(out))
+		}
+		r = new(dns.Msg)
+		if err := r.Unpack(out); err != nil {
+			t.Fatalf("reply does not parse: %v", err)
+		}
+	}
+	return r
+}
+
+// ledgerTotal is how many records the pools' ledgers have counted.
+func ledgerTotal(h *Handler) uint64 {
+	var n uint64
+	for _, s := range h.State().pools {
+		for _, ts := range s.cur.Load().Stats(time.Now()) {
+			n += ts.Answers
+		}
+	}
+	return n
+}
+
+// TestLedgerCountsRecordsSent: the ledger predicts each target's load from
+// the answers that named it, so it must count the records actually sent,
+// once: not those left out to fit a small reply, nor a choice made twice.
+func TestLedgerCountsRecordsSent(t *testing.T) {
+	services := farmServices()
+	for i := range 6 {
+		services["ws"] = append(services["ws"], target(fmt.Sprintf("m%d", i), fmt.Sprintf("192.0.2.%d", 30+i), 100, nil))
+	}
+	eight := func(c *policy.Config) { c.Answers = 8 }
+	nsidQ := withOption(&dns.EDNS0_NSID{Code: dns.EDNS0NSID})
+	for _, tt := range []struct {
+		name string
+		q    *dns.Msg
+		tcp  bool
+		per  int // records in each reply; -1: any
+	}{
+		{"fast path", query("farm.example.", dns.TypeA), false, 8},
+		{"fast path, no EDNS", query("farm.example.", dns.TypeA, noEDNS), false, 8},
+		{"fast path, TCP", query("farm.example.", dns.TypeAAAA), true, 1},
+		{"slow path, CNAME", query("www.farm.example.", dns.TypeA), false, 8},
+		{"fast path, 6 of 8 fit", query(longPool, dns.TypeA, small, nsidQ), false, 6},
+		{"slow path, 4 of 8 fit after a CNAME", query(longChain, dns.TypeA, small, nsidQ), false, 4},
+		{"slow path, none fits after a CNAME", query(longerChain, dns.TypeA, small, nsidQ), false, 0},
+		{"shards", query("lb.farm.example.", dns.TypeA, small, nsidQ), false, -1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := farm(t, Options{NSID: strings.Repeat("n", MaxNSID)}, eight, services, true)
+			sent := 0
+			for i := range 20 {
+				var rec recorder
+				h.serve(&rec, make([]byte, 65535), request{wire: mustPack(t, tt.q), tcp: tt.tcp, remote: netip.AddrFrom4([4]byte{198, 51, byte(i), 1})})
+				r := new(dns.Msg)
+				if len(rec.msgs) != 1 || r.Unpack(rec.msgs[0]) != nil {
+					t.Fatalf("%d replies", len(rec.msgs))
+				}
+				if n := len(addrs(r)); tt.per >= 0 && (n != tt.per || r.Truncated != (n == 0)) {
+					t.Fatalf("%d records, TC %v; want %d", n, r.Truncated, tt.per)
+				}
+				sent += len(addrs(r))
+			}
+			if got := ledgerTotal(h); got != uint64(sent) {
+				t.Errorf("ledger counts %d records, %d were sent", got, sent)
+			}
+		})
+	}
+}
+
+// TestNSIDTooLongIsNotSent: an NSID longer than an option can carry must
+// not overflow its length field; the configuration rejects it, and the
+// server, given one anyway, leaves it out on both paths.
+func TestNSIDTooLongIsNotSent(t *testing.T) {
+	base := testState(t)
+	opts := base.Options
+	opts.NSID = strings.Repeat("n", 70000)
+	fast := NewHandler(NewState(base.Zones, opts), testLogger(t))
+	slow := NewHandler(&State{Zones: base.Zones, Options: opts}, testLogger(t))
+	for _, h := range []*Handler{fast, slow} {
+		r := serveMsg(t, h, query("example.org.", dns.TypeA, withOption(&dns.EDNS0_NSID{Code: dns.EDNS0NSID})), true)
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || nsid(r.IsEdns0()) != "" {
+			t.Errorf("fast %v: %v", h == fast, r)
+		}
+	}
+}
+
+// statusText returns the _status records' text, one line per record.
+func statusText(r *dns.Msg) []string {
+	var lines []string
+	for _, rr := range r.Answer {
+		if txt, ok := rr.(*dns.TXT); ok {
+			lines = append(lines, strings.Join(txt.Txt, ""))
+		}
+	}
+	return lines
+}
+
+// TestStatusTXTLongAndMany: a line longer than a TXT string (255 octets)
+// is split over several strings of its record, and a farm too big for one
+// reply gets as many lines as fit and a last one saying where the rest is.
+func TestStatusTXTLongAndMany(t *testing.T) {
+	services := farmServices()
+	long, odd := strings.Repeat("n", 300), `back\slash"quote`
+	services["ws"] = append(services["ws"], target(long, "192.0.2.98", 1, nil), target(odd, "192.0.2.99", 1, nil))
+	r := serveMsg(t, farm(t, Options{}, nil, services, true), query("_status.farm.example.", dns.TypeTXT), true)
+	text := strings.Join(statusText(r), "\n")
+	escaped := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(odd) // as miekg/dns unpacks a string
+	if r.Rcode != dns.RcodeSuccess || !strings.Contains(text, "node="+long+"/ws-"+long+" addr=192.0.2.98") || !strings.Contains(text, "node="+escaped+"/ws-"+escaped+" ") {
+		t.Errorf("long and odd node names: %s\n%s", dns.RcodeToString[r.Rcode], text)
+	}
+
+	for i := range 3000 {
+		services["ws"] = append(services["ws"], target(fmt.Sprintf("node-%04d-%s", i, strings.Repeat("x", 40)), fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), 1, nil))
+	}
+	r = serveMsg(t, farm(t, Options{}, nil, services, true), query("_status.farm.example.", dns.TypeTXT), true)
+	lines := statusText(r)
+	if r.Rcode != dns.RcodeSuccess || len(lines) < 100 {
+		t.Fatalf("big farm: %s, %d lines", dns.RcodeToString[r.Rcode], len(lines))
+	}
+	if last := lines[len(lines)-1]; !strings.Contains(last, "more lines") || !strings.Contains(last, "/status") {
+		t.Errorf("big farm: the last line does not say where the rest is: %q", last)
+	}
+	if r := serveMsg(t, farm(t, Options{}, nil, services, true), query("_status.farm.example.", dns.TypeTXT), false); !r.Truncated {
+		t.Error("big farm over UDP: not truncated")
+	}
+}
+
+// TestLedgerCountsSRVSent: an SRV answer cut to fit a small reply must not
+// count the SRV records it left out.
+func TestLedgerCountsSRVSent(t *testing.T) {
+	services := farmServices()
+	for i := range 6 {
+		services["ws"] = append(services["ws"], target(fmt.Sprintf("m%d", i), fmt.Sprintf("192.0.2.%d", 30+i), 100, nil))
+	}
+	eight := func(c *policy.Config) { c.Answers = 8 }
+	for _, tt := range []struct {
+		name string
+		q    *dns.Msg
+		tcp  bool
+	}{
+		{"no EDNS", query("_ws._tcp.farm.example.", dns.TypeSRV, noEDNS), false},
+		{"512", query("_ws._tcp.farm.example.", dns.TypeSRV), false},
+		{"TCP", query("_ws._tcp.farm.example.", dns.TypeSRV), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := farm(t, Options{MaxUDPSize: 512}, eight, services, true)
+			sent := 0
+			for i := range 20 {
+				var rec recorder
+				h.serve(&rec, make([]byte, 65535), request{wire: mustPack(t, tt.q), tcp: tt.tcp, remote: netip.AddrFrom4([4]byte{198, 51, byte(i), 1})})
+				r := new(dns.Msg)
+				if len(rec.msgs) != 1 || r.Unpack(rec.msgs[0]) != nil {
+					t.Fatalf("%d replies", len(rec.msgs))
+				}
+				if len(r.Answer) == 0 {
+					t.Fatalf("no SRV record: %v", r)
+				}
+				sent += len(r.Answer)
+			}
+			if got := ledgerTotal(h); got != uint64(sent) {
+				t.Errorf("ledger counts %d records, %d SRV records were sent", got, sent)
+			}
+		})
+	}
 }

@@ -269,3 +269,44 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 var stateNames = [...]string{"healthy", "warning", "draining", "critical", "stale"}
+
+var (
+	rrlResponsesDesc = prometheus.NewDesc("farmdns_rrl_responses_total",
+		"UDP responses by what response rate limiting did with them: pass, drop, or slip (sent truncated, no records). Counted while rate limiting is on.",
+		[]string{"action"}, nil)
+	rrlLogOnlyDesc = prometheus.NewDesc("farmdns_rrl_log_only_total",
+		"UDP responses sent in full only because dns.rrl.log_only is set, by what rate limiting would have done: drop or slip.",
+		[]string{"action"}, nil)
+	rrlFillDesc = prometheus.NewDesc("farmdns_rrl_table_fill_ratio",
+		"Share of the rate limiter's fixed table of buckets holding a client prefix's state; 0 when rate limiting is off.",
+		nil, nil)
+)
+
+var rrlActionNames = [...]string{"pass", "drop", "slip"} // by rrl.Action
+
+// rrlCollector exposes a Server's rate limiting counters.
+type rrlCollector struct{ r *rrlState }
+
+// RRLCollector returns the Prometheus collector of the server's response rate
+// limiting. Its counters survive reloads that swap the limiter.
+func (s *Server) RRLCollector() prometheus.Collector { return rrlCollector{&s.rrl} }
+
+func (c rrlCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- rrlResponsesDesc
+	ch <- rrlLogOnlyDesc
+	ch <- rrlFillDesc
+}
+
+func (c rrlCollector) Collect(ch chan<- prometheus.Metric) {
+	for a, name := range rrlActionNames {
+		ch <- prometheus.MustNewConstMetric(rrlResponsesDesc, prometheus.CounterValue, float64(c.r.done[a].Load()), name)
+		if a > 0 {
+			ch <- prometheus.MustNewConstMetric(rrlLogOnlyDesc, prometheus.CounterValue, float64(c.r.would[a].Load()), name)
+		}
+	}
+	fill := 0.0
+	if l := c.r.limiter.Load(); l != nil {
+		fill = l.Fill()
+	}
+	ch <- prometheus.MustNewConstMetric(rrlFillDesc, prometheus.GaugeValue, fill)
+}

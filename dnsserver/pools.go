@@ -147,8 +147,9 @@ type choice struct {
 	pool    *servedPool
 }
 
-// choose asks the pool of slot for the records of one answer. dst should have
-// capacity policy.MaxAnswers, so that nothing is allocated.
+// choose asks the pool of slot for the records of one answer, at most
+// cap(dst) of them: the room the reply has (policy.MaxAnswers for all
+// the pool may give), so that the ledger counts only records sent.
 func choose(s *poolSlot, dst []int, qtype uint16, client netip.Addr) choice {
 	fam := policy.IPv4
 	switch qtype {
@@ -161,7 +162,7 @@ func choose(s *poolSlot, dst []int, qtype uint16, client netip.Addr) choice {
 	if p == nil {
 		return choice{outcome: policy.OutcomeNoData}
 	}
-	picked, ttl, out := p.Choose(dst, fam, clientKey(client, s.spec.Name), time.Now().UnixNano())
+	picked, ttl, out := p.ChooseN(dst, fam, clientKey(client, s.spec.Name), time.Now().UnixNano(), cap(dst))
 	s.outcomes[out].Add(1)
 	return choice{picked: picked, ttl: ttl, outcome: out, pool: p}
 }

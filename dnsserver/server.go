@@ -2,16 +2,18 @@ package dnsserver
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Server serves a Handler on UDP and TCP. Set its fields, then call Start.
@@ -19,25 +21,38 @@ type Server struct {
 	// Handler answers the queries.
 	Handler *Handler
 	// Addrs are the host:port addresses to listen on, each on UDP and TCP.
-	// Port 0 picks a free port, the same for UDP and TCP.
+	// Port 0 picks a free port, the same for UDP and TCP. An IPv4 address
+	// serves IPv4 only; [::] and an empty host serve IPv6 and IPv4. On a
+	// wildcard address each UDP reply leaves from the address its query
+	// was sent to.
 	Addrs []string
-	// TCPIdleTimeout closes a TCP connection that sends no query for this long
-	// (RFC 7766 section 6.2.3). Default 10 s.
+	// TCPIdleTimeout closes a TCP connection on which no query starts for
+	// this long (RFC 7766 section 6.2.3), and one whose client does not take
+	// a reply for this long. A connection also ends after 12 idle timeouts,
+	// between queries, and a query must arrive whole within 3 s (at most the
+	// idle timeout) of its first octet. Default 10 s.
 	TCPIdleTimeout time.Duration
-	// MaxTCPConns caps concurrent TCP connections; more are closed at once.
-	// Default 1000.
+	// MaxTCPConns caps concurrent TCP connections. A new connection closes
+	// the longest-idle one to make room; one client network (IPv4 /24, IPv6
+	// /56) may hold an eighth of them (at least one), and beyond that its
+	// own longest-idle connection makes room. Default 1000.
 	MaxTCPConns int
 	// Log receives errors and state changes; never one line per query.
 	Log *slog.Logger
 
-	udp []*net.UDPConn
+	udp []*udpSocket
 	tcp []*net.TCPListener
 
-	wg      sync.WaitGroup
-	mu      sync.Mutex // guards conns and closing
-	conns   map[*net.TCPConn]struct{}
-	closing bool
-	slots   chan struct{}
+	tcpLimits atomic.Pointer[tcpLimits]
+	closing   atomic.Bool // Shutdown began
+
+	wg            sync.WaitGroup
+	mu            sync.Mutex // guards the fields below and each tcpConn's state
+	conns         map[*tcpConn]struct{}
+	prefixes      map[netip.Prefix]int // connections per client network
+	lastEvictWarn time.Time
+
+	rrl rrlState // rate limiting of UDP responses; see SetRRL
 }
 
 // udpTimingSample: one UDP query in this many is timed for the latency
@@ -51,17 +66,12 @@ const udpReadBuffer = 4 << 20
 // Start binds every address and starts serving. Either every socket is bound
 // or none is left open: a server never starts half-configured.
 func (s *Server) Start(ctx context.Context) error {
-	if s.TCPIdleTimeout == 0 {
-		s.TCPIdleTimeout = 10 * time.Second
-	}
-	if s.MaxTCPConns == 0 {
-		s.MaxTCPConns = 1000
-	}
+	s.tcpLimits.Store(newTCPLimits(s.TCPIdleTimeout, s.MaxTCPConns))
 	if s.Log == nil {
 		s.Log = slog.New(slog.DiscardHandler)
 	}
-	s.conns = map[*net.TCPConn]struct{}{}
-	s.slots = make(chan struct{}, s.MaxTCPConns)
+	s.conns = map[*tcpConn]struct{}{}
+	s.prefixes = map[netip.Prefix]int{}
 	for _, addr := range s.Addrs {
 		u, t, err := listen(ctx, addr)
 		if err != nil {
@@ -86,28 +96,56 @@ func (s *Server) Start(ctx context.Context) error {
 	return nil
 }
 
+// udpSocket is one bound UDP socket.
+type udpSocket struct {
+	conn *net.UDPConn
+	raw  syscall.RawConn
+	// pktinfo: bound to a wildcard address, so each query's destination is
+	// read and its reply sent from it (see pktinfo.go).
+	pktinfo bool
+	v6      bool // an IPv6 socket (perhaps dual-stack): replies carry IPV6_PKTINFO
+}
+
 // listen binds addr on UDP, then TCP on the same port. With port 0 the port
 // the kernel picked for UDP may be taken on TCP: then it tries another.
-func listen(ctx context.Context, addr string) (*net.UDPConn, *net.TCPListener, error) {
-	_, port, _ := net.SplitHostPort(addr)
+func listen(ctx context.Context, addr string) (*udpSocket, *net.TCPListener, error) {
+	host, port, _ := net.SplitHostPort(addr)
 	tries := 1
 	if port == "0" {
 		tries = 20
 	}
+	udpNet, tcpNet := "udp", "tcp"
+	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
+		// 0.0.0.0 means IPv4, as for other servers; Go would otherwise
+		// bind it as a dual-stack IPv6 socket.
+		udpNet, tcpNet = "udp4", "tcp4"
+	}
+	u := &udpSocket{pktinfo: wildcardHost(host)}
+	var ulc net.ListenConfig
+	if u.pktinfo {
+		ulc.Control = func(network, _ string, c syscall.RawConn) error {
+			u.v6 = network == "udp6"
+			return enablePktinfo(network, c)
+		}
+	}
 	var lc net.ListenConfig
 	for i := 1; ; i++ {
-		pc, err := lc.ListenPacket(ctx, "udp", addr)
+		pc, err := ulc.ListenPacket(ctx, udpNet, addr)
 		if err != nil {
 			return nil, nil, fmt.Errorf("dns listen %s: %w", addr, err)
 		}
-		u := pc.(*net.UDPConn)
-		u.SetReadBuffer(udpReadBuffer) // best effort: the kernel caps it
-		tcpAddr := u.LocalAddr().String()
-		l, err := lc.Listen(ctx, "tcp", tcpAddr)
+		u.conn = pc.(*net.UDPConn)
+		u.conn.SetReadBuffer(udpReadBuffer) // best effort: the kernel caps it
+		if u.raw, err = u.conn.SyscallConn(); err != nil {
+			u.conn.Close()
+			return nil, nil, fmt.Errorf("dns listen %s: %w", addr, err)
+		}
+		tcpAddr := u.conn.LocalAddr().String()
+		l, err := lc.Listen(ctx, tcpNet, tcpAddr)
 		if err == nil {
 			return u, l.(*net.TCPListener), nil
 		}
-		u.Close()
+		u.conn.Close()
 		if i == tries {
 			return nil, nil, fmt.Errorf("dns listen %s/tcp: %w", tcpAddr, err)
 		}
@@ -119,27 +157,32 @@ func listen(ctx context.Context, addr string) (*net.UDPConn, *net.TCPListener, e
 func (s *Server) BoundAddrs() []netip.AddrPort {
 	out := make([]netip.AddrPort, len(s.udp))
 	for i, u := range s.udp {
-		out[i] = u.LocalAddr().(*net.UDPAddr).AddrPort()
+		out[i] = u.conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	}
 	return out
 }
 
-// Shutdown stops reading queries, lets the ones being answered finish, and
-// closes every socket. If ctx ends first, connections are closed at once.
+// Shutdown stops accepting connections and answers every query that reached
+// the server before it was called: those being answered, and those waiting
+// in the sockets' receive buffers, over UDP and on open TCP connections.
+// Then it closes every socket. If ctx ends first, everything is closed at
+// once. (Connections still in the kernel's accept queue are reset.)
 func (s *Server) Shutdown(ctx context.Context) error {
 	now := time.Now()
+	s.mu.Lock()
+	s.closing.Store(true)
+	for tc := range s.conns {
+		if tc.state == connWaiting {
+			tc.c.SetReadDeadline(now) // wakes it to answer what is waiting, then end
+		}
+	}
+	s.mu.Unlock()
 	for _, u := range s.udp {
-		u.SetReadDeadline(now) // readers finish their query, then see the deadline
+		u.conn.SetReadDeadline(now) // wakes the readers to drain, then end
 	}
 	for _, t := range s.tcp {
 		t.Close()
 	}
-	s.mu.Lock()
-	s.closing = true
-	for c := range s.conns {
-		c.SetReadDeadline(now) // idle connections end; a query in hand is still answered
-	}
-	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	var err error
@@ -154,132 +197,130 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) closeAll() {
 	for _, u := range s.udp {
-		u.Close()
+		u.conn.Close()
 	}
 	for _, t := range s.tcp {
 		t.Close()
 	}
 	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
+	for tc := range s.conns {
+		tc.c.Close()
 	}
 	s.mu.Unlock()
 }
 
+// udpWriter sends the replies of one UDP reader. write is the one place a
+// UDP reply is sent.
 type udpWriter struct {
-	conn *net.UDPConn
+	sock *udpSocket
 	to   netip.AddrPort
+	// On a wildcard socket: where the query was sent, the reply's source.
+	dst     netip.Addr
+	ifindex uint32
+	oob     []byte
+	rrl     *rrlState
+	slip    []byte // scratch for truncated replies
 }
 
 func (w *udpWriter) write(msg []byte) error {
-	_, err := w.conn.WriteToUDPAddrPort(msg, w.to)
+	if l := w.rrl.limiter.Load(); l != nil {
+		if msg = w.rrl.limit(l, w.to.Addr(), msg, &w.slip); msg == nil {
+			return nil
+		}
+	}
+	if !w.sock.pktinfo {
+		_, err := w.sock.conn.WriteToUDPAddrPort(msg, w.to)
+		return err
+	}
+	var oob []byte
+	if w.dst.IsValid() {
+		oob = appendPktinfo(w.oob[:0], w.sock.v6, w.dst, w.ifindex)
+		w.oob = oob
+	}
+	_, _, err := w.sock.conn.WriteMsgUDPAddrPort(msg, oob, w.to)
 	return err
 }
 
-func (s *Server) serveUDP(conn *net.UDPConn) {
+// read reads one query into in and readies w to answer it.
+func (w *udpWriter) read(in, oob []byte) (int, error) {
+	if !w.sock.pktinfo {
+		n, from, err := w.sock.conn.ReadFromUDPAddrPort(in)
+		w.to = from
+		return n, err
+	}
+	n, oobn, _, from, err := w.sock.conn.ReadMsgUDPAddrPort(in, oob)
+	w.to = from
+	w.dst, w.ifindex, _ = parsePktinfo(oob[:oobn])
+	return n, err
+}
+
+// readNow is read for draining at Shutdown: it does not wait, whatever the
+// socket's read deadline, and reports false once nothing is left.
+func (w *udpWriter) readNow(in, oob []byte) (int, bool) {
+	var n, oobn int
+	var from unix.Sockaddr
+	var err error
+	cerr := w.sock.raw.Control(func(fd uintptr) {
+		n, oobn, _, from, err = unix.Recvmsg(int(fd), in, oob, unix.MSG_DONTWAIT)
+	})
+	if cerr != nil || err != nil {
+		return 0, false
+	}
+	switch sa := from.(type) {
+	case *unix.SockaddrInet4:
+		w.to = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		w.to = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	default:
+		return 0, false
+	}
+	w.dst, w.ifindex, _ = parsePktinfo(oob[:oobn])
+	return n, true
+}
+
+func (s *Server) serveUDP(u *udpSocket) {
 	defer s.wg.Done()
 	in := make([]byte, 65535)
 	out := make([]byte, 65535)
-	w := &udpWriter{conn: conn}
+	var oob []byte
+	if u.pktinfo {
+		oob = make([]byte, oobSize)
+	}
+	w := &udpWriter{sock: u, oob: make([]byte, 0, oobSize), rrl: &s.rrl}
 	for i := 0; ; i++ {
-		n, from, err := conn.ReadFromUDPAddrPort(in)
+		n, err := w.read(in, oob)
 		if err != nil {
+			if isTimeout(err) && s.closing.Load() {
+				s.drainUDP(w, in, out, oob)
+				return
+			}
 			if errors.Is(err, net.ErrClosed) || isTimeout(err) {
 				return
 			}
 			s.Log.Warn("udp read", "err", err)
 			continue
 		}
-		w.to = from
 		var start time.Time
 		if i%udpTimingSample == 0 {
 			start = time.Now()
 		}
-		s.Handler.serve(w, out, request{wire: in[:n], remote: from.Addr(), start: start})
+		s.Handler.serve(w, out, request{wire: in[:n], remote: w.to.Addr(), start: start})
+	}
+}
+
+// drainUDP answers the queries left in the socket's receive buffer when
+// Shutdown began: the read deadline that woke the reader would drop them.
+func (s *Server) drainUDP(w *udpWriter, in, out, oob []byte) {
+	for {
+		n, ok := w.readNow(in, oob)
+		if !ok {
+			return
+		}
+		s.Handler.serve(w, out, request{wire: in[:n], remote: w.to.Addr()})
 	}
 }
 
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-type tcpWriter struct {
-	conn *net.TCPConn
-	buf  []byte
-}
-
-// write sends msg with its two-octet length (RFC 1035 section 4.2.2) in one
-// segment where it fits.
-func (w *tcpWriter) write(msg []byte) error {
-	w.buf = binary.BigEndian.AppendUint16(w.buf[:0], uint16(len(msg)))
-	w.buf = append(w.buf, msg...)
-	w.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_, err := w.conn.Write(w.buf)
-	return err
-}
-
-func (s *Server) serveTCP(l *net.TCPListener) {
-	defer s.wg.Done()
-	for {
-		c, err := l.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.Log.Warn("tcp accept", "err", err)
-			time.Sleep(10 * time.Millisecond) // out of descriptors: let some close
-			continue
-		}
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			s.Log.Warn("tcp connection limit reached; closing new connection", "limit", s.MaxTCPConns, "client", c.RemoteAddr())
-			c.Close()
-			continue
-		}
-		s.mu.Lock()
-		s.conns[c] = struct{}{}
-		if s.closing {
-			c.SetReadDeadline(time.Now()) // accepted just as Shutdown began
-		}
-		s.mu.Unlock()
-		s.wg.Add(1)
-		go s.serveConn(c)
-	}
-}
-
-// serveConn answers queries on one connection in the order they arrive;
-// a client may send several without waiting (RFC 7766 section 6.2.1.1).
-func (s *Server) serveConn(c *net.TCPConn) {
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		c.Close()
-		<-s.slots
-		s.wg.Done()
-	}()
-	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
-	in := make([]byte, 65535)
-	out := make([]byte, 65535)
-	w := &tcpWriter{conn: c, buf: make([]byte, 0, 2+65535)}
-	var length [2]byte
-	for {
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			return
-		}
-		c.SetReadDeadline(time.Now().Add(s.TCPIdleTimeout))
-		s.mu.Unlock()
-		if _, err := io.ReadFull(c, length[:]); err != nil {
-			return
-		}
-		n := int(binary.BigEndian.Uint16(length[:]))
-		if _, err := io.ReadFull(c, in[:n]); err != nil {
-			return
-		}
-		s.Handler.serve(w, out, request{wire: in[:n], tcp: true, remote: remote, start: time.Now()})
-	}
 }

@@ -3,6 +3,7 @@ package dnsserver
 import (
 	"crypto/sha256"
 	"encoding/base32"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -114,6 +115,9 @@ type targetNames struct {
 	suffix  string           // "." + the name the labels are under
 	names   []string         // by record index: label + suffix
 	byLabel map[string]int32 // record index by label
+	// maxPair bounds the octets one SRV record and its address take in a
+	// reply, so that an answer asks the pool for no more than fit.
+	maxPair int
 }
 
 // newTargetNames names records, the targets of one build, under the name
@@ -122,7 +126,17 @@ type targetNames struct {
 // often than new targets), their names are too.
 func newTargetNames(records []health.Target, targets string, prev *targetNames, prevRecords []health.Target) *targetNames {
 	suffix := "." + targets
+	addrLen := net.IPv4len
+	for _, t := range records {
+		if t.Address.Is6() {
+			addrLen = net.IPv6len
+			break
+		}
+	}
 	if prev != nil && prev.suffix == suffix && sameTargets(records, prevRecords) {
+		if n := *prev; n.setMaxPair(addrLen) {
+			return &n // an address changed family: same names, another bound
+		}
 		return prev
 	}
 	perNode := make(map[string]int, len(records))
@@ -135,7 +149,25 @@ func newTargetNames(records []health.Target, targets string, prev *targetNames, 
 		n.names[i] = label + suffix
 		n.byLabel[n.names[i][:len(label)]] = int32(i)
 	}
+	n.setMaxPair(addrLen)
 	return n
+}
+
+// setMaxPair sets maxPair for addresses of addrLen octets and reports
+// whether it changed. The SRV record's owner is a pointer to a name earlier
+// in the reply; its target is written whole (RFC 2782: no compression); the
+// address record's owner points to that target.
+func (n *targetNames) setMaxPair(addrLen int) bool {
+	longest := 0
+	for _, name := range n.names {
+		longest = max(longest, len(name)+1) // sanitized labels: no escapes
+	}
+	pair := 2 + 10 + 6 + longest + 2 + 10 + addrLen
+	if pair == n.maxPair {
+		return false
+	}
+	n.maxPair = pair
+	return true
 }
 
 // sameTargets reports whether a and b are the same targets in the same order.
@@ -153,10 +185,21 @@ func (n *targetNames) find(label string) int {
 	return -1
 }
 
-// answerSRV adds SRV records for the pool's choice, and their addresses.
-func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, client netip.Addr) int {
+// answerSRV adds SRV records for the pool's choice, and their addresses, as
+// many as fit in room octets, and returns how many it added. The pool is
+// asked for no more: its ledger must count only the records sent.
+func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, client netip.Addr, room int) int {
+	fit := policy.MaxAnswers
+	if p := st.pools[res.Pool].cur.Load(); p != nil && p.targets.maxPair > 0 {
+		fit = min(fit, room/p.targets.maxPair)
+	}
+	if fit < 1 {
+		// Not one record fits: the client asks again over TCP.
+		r.Answer, r.Authoritative, r.Truncated = nil, true, true
+		return 0
+	}
 	var dst [policy.MaxAnswers]int
-	c := choose(st.pools[res.Pool], dst[:0], dns.TypeSRV, client)
+	c := choose(st.pools[res.Pool], dst[:0:fit], dns.TypeSRV, client)
 	r.Authoritative = true
 	switch c.outcome {
 	case policy.OutcomeNoData:

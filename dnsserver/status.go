@@ -110,8 +110,14 @@ func timeOrNil(t time.Time) *time.Time {
 // with dig what farmdns sees.
 const statusLabel = "_status."
 
+// maxStatusOctets bounds the _status records, so that they fit one reply
+// over TCP (65535 octets) with the header, the question and the OPT.
+const maxStatusOctets = 60000
+
 // statusTXT answers TXT _status.<zone> from an allowed client; ok is false
 // when the question is something else, which then gets the usual answer.
+// Each line is one record; a farm whose lines do not fit one reply gets
+// those that fit, and a last line pointing to the status page.
 func (h *Handler) statusTXT(st *State, q dns.Question, client netip.Addr) ([]dns.RR, bool) {
 	if q.Qtype != dns.TypeTXT || q.Qclass != dns.ClassINET || !strings.HasPrefix(strings.ToLower(q.Name), statusLabel) || !allowed(st.Options.StatusFrom, client) {
 		return nil, false
@@ -120,13 +126,8 @@ func (h *Handler) statusTXT(st *State, q dns.Question, client netip.Addr) ([]dns
 	if st.Zones.Find(zone) == nil || st.Zones.Find(zone).Origin != zone {
 		return nil, false
 	}
-	var rrs []dns.RR
-	add := func(format string, args ...any) {
-		rrs = append(rrs, &dns.TXT{
-			Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET},
-			Txt: []string{fmt.Sprintf(format, args...)},
-		})
-	}
+	var lines []string
+	add := func(format string, args ...any) { lines = append(lines, fmt.Sprintf(format, args...)) }
 	for _, p := range h.PoolsStatus(time.Now()) {
 		if p.Zone != zone {
 			continue
@@ -144,10 +145,38 @@ func (h *Handler) statusTXT(st *State, q dns.Question, client netip.Addr) ([]dns
 				t.Connections, t.Capacity, t.LoadState, t.Predicted, t.Answers)
 		}
 	}
-	if len(rrs) == 0 {
+	if len(lines) == 0 {
 		add("no pools in %s", zone)
 	}
+	var rrs []dns.RR
+	size := 0
+	for i, line := range lines {
+		rr, n := statusRecord(q.Name, line)
+		if size+n > maxStatusOctets {
+			rr, _ = statusRecord(q.Name, fmt.Sprintf("%d more lines: see the status page (/status) of the HTTP listener", len(lines)-i))
+			rrs = append(rrs, rr)
+			break
+		}
+		rrs = append(rrs, rr)
+		size += n
+	}
 	return rrs, true
+}
+
+// statusRecord returns a TXT record of one line, split into strings of at
+// most 255 octets (RFC 1035 section 3.3), and its length in a reply where
+// its owner is a pointer to the question.
+func statusRecord(owner, line string) (*dns.TXT, int) {
+	rr := &dns.TXT{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeTXT, Class: dns.ClassINET}}
+	n := 2 + 10
+	for len(line) > 0 || len(rr.Txt) == 0 {
+		chunk := line[:min(len(line), 255)]
+		line = line[len(chunk):]
+		// miekg/dns reads a backslash in a string as an escape.
+		rr.Txt = append(rr.Txt, strings.ReplaceAll(chunk, `\`, `\\`))
+		n += 1 + len(chunk)
+	}
+	return rr, n
 }
 
 // allowed reports whether client a is in one of the prefixes from. An IPv4

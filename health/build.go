@@ -126,6 +126,7 @@ type parsedReport struct {
 	value  []byte
 	report LoadReport
 	err    error
+	seen   time.Time // when farmdns first read this value (local, monotonic)
 }
 
 // builder turns the latest answer of every data set into snapshots. It is
@@ -161,6 +162,7 @@ func newBuilder(cfg *WatcherConfig, log *slog.Logger) *builder {
 
 // setKV replaces the KV data, reparsing only changed values.
 func (b *builder) setKV(pairs []kvPair) {
+	now := time.Now()
 	next := make(map[string]parsedReport, len(pairs))
 	for _, p := range pairs {
 		if old, ok := b.reports[p.key]; ok && bytes.Equal(old.value, p.value) {
@@ -174,7 +176,7 @@ func (b *builder) setKV(pairs []kvPair) {
 		} else if b.reportLag != nil {
 			b.reportLag(time.Since(r.Updated))
 		}
-		next[p.key] = parsedReport{value: p.value, report: r, err: err}
+		next[p.key] = parsedReport{value: p.value, report: r, err: err, seen: now}
 	}
 	b.reports = next
 }
@@ -209,11 +211,9 @@ func (b *builder) build(gen uint64, now time.Time) (*Snapshot, time.Time) {
 			}
 			if r, ok := b.reports[in.loadKey]; ok {
 				matched++
-				b.applyReport(&t, r, now)
-				if t.Load.State == LoadKnown {
-					if at := t.Load.Updated.Add(b.maxReportAge); at.After(now) && (nextStale.IsZero() || at.Before(nextStale)) {
-						nextStale = at
-					}
+				at := b.applyReport(&t, r, now)
+				if t.Load.State == LoadKnown && at.After(now) && (nextStale.IsZero() || at.Before(nextStale)) {
+					nextStale = at
 				}
 			} else {
 				b.applyMeta(sc, &t)
@@ -277,20 +277,28 @@ func (b *builder) target(sc ServiceConfig, in *instance) (Target, bool) {
 	}, true
 }
 
-func (b *builder) applyReport(t *Target, r parsedReport, now time.Time) {
+// applyReport sets t's load from a KV report and returns when the report
+// turns stale. Its age runs from its own stamp or, if that is later, from
+// when farmdns first saw the value: a reporter whose clock is ahead (or a
+// stamp in 9999) cannot keep a report fresh once it stops changing.
+func (b *builder) applyReport(t *Target, r parsedReport, now time.Time) (staleAt time.Time) {
 	if r.err != nil {
 		t.Load = Load{State: LoadMalformed, Source: SourceKV}
-		return
+		return time.Time{}
+	}
+	updated, staleAt := r.report.Updated, r.report.Updated.Add(b.maxReportAge)
+	if r.seen.Before(updated) {
+		updated, staleAt = r.seen.UTC(), r.seen.Add(b.maxReportAge) // staleAt keeps the monotonic reading
 	}
 	t.Load = Load{
 		State: LoadKnown, Source: SourceKV,
 		Connections: r.report.Connections, Accepted: r.report.Accepted,
-		Capacity: r.report.Capacity, Updated: r.report.Updated,
+		Capacity: r.report.Capacity, Updated: updated,
 	}
-	// A report from the future (a reporter's clock ahead of ours) counts as fresh.
-	if now.Sub(r.report.Updated) > b.maxReportAge {
+	if now.After(staleAt) {
 		t.Load.State = LoadStale
 	}
+	return staleAt
 }
 
 func (b *builder) applyMeta(sc ServiceConfig, t *Target) {

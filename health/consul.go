@@ -85,6 +85,13 @@ func (c ConsulConfig) Validate() error {
 	if strings.HasPrefix(c.address(), "http://") && t != (ConsulTLS{}) {
 		errs = append(errs, errors.New("consul.tls: set but consul.address asks for plain http://"))
 	}
+	if len(errs) == 0 && t != (ConsulTLS{}) {
+		// Files that exist may still hold no certificate: load them as the
+		// client will, so that a bad one fails the config, not the watcher.
+		if _, err := api.SetupTLSConfig(c.apiTLS()); err != nil {
+			errs = append(errs, fmt.Errorf("consul.tls: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -99,12 +106,7 @@ func (c ConsulConfig) APIConfig() (*api.Config, error) {
 		Address:    c.address(),
 		Scheme:     "http",
 		Datacenter: c.Datacenter,
-		TLSConfig: api.TLSConfig{
-			Address:  c.TLS.ServerName,
-			CAFile:   c.TLS.CAFile,
-			CertFile: c.TLS.CertFile,
-			KeyFile:  c.TLS.KeyFile,
-		},
+		TLSConfig:  *c.apiTLS(),
 	}
 	if c.TLS != (ConsulTLS{}) {
 		cfg.Scheme = "https"
@@ -132,6 +134,15 @@ func (c ConsulConfig) Client() (*api.Client, error) {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
 	return client, nil
+}
+
+func (c ConsulConfig) apiTLS() *api.TLSConfig {
+	return &api.TLSConfig{
+		Address:  c.TLS.ServerName,
+		CAFile:   c.TLS.CAFile,
+		CertFile: c.TLS.CertFile,
+		KeyFile:  c.TLS.KeyFile,
+	}
 }
 
 func (c ConsulConfig) address() string {

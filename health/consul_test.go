@@ -1,10 +1,18 @@
 package health
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -16,6 +24,25 @@ func writeFile(t *testing.T, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// caPEM is a self-signed CA certificate, PEM-encoded.
+func caPEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
 func TestConsulConfigYAML(t *testing.T) {
@@ -90,7 +117,7 @@ func TestConsulConfigDefaults(t *testing.T) {
 		t.Errorf("explicit: got address %q token %q", cfg.Address, cfg.Token)
 	}
 
-	ca := writeFile(t, "ca.pem", "not used before a connection")
+	ca := writeFile(t, "ca.pem", caPEM(t))
 	cfg, err = ConsulConfig{Address: "127.0.0.2:8501", TLS: ConsulTLS{CAFile: ca, ServerName: "consul"}}.APIConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -123,6 +150,9 @@ func TestConsulConfigValidate(t *testing.T) {
 		{"ca missing", ConsulConfig{TLS: ConsulTLS{CAFile: missing}}, "consul.tls.ca_file: "},
 		{"cert missing", ConsulConfig{TLS: ConsulTLS{CertFile: missing, KeyFile: exists}}, "consul.tls.cert_file: "},
 		{"key missing", ConsulConfig{TLS: ConsulTLS{CertFile: exists, KeyFile: missing}}, "consul.tls.key_file: "},
+		{"ca not a certificate", ConsulConfig{TLS: ConsulTLS{CAFile: exists}}, "consul.tls: "},
+		{"cert and key not a pair", ConsulConfig{TLS: ConsulTLS{CertFile: exists, KeyFile: exists}}, "consul.tls: "},
+		{"ca", ConsulConfig{TLS: ConsulTLS{CAFile: writeFile(t, "ca.pem", caPEM(t))}}, ""},
 		{"tls with http", ConsulConfig{Address: "http://c:8500", TLS: ConsulTLS{CAFile: exists}}, "consul.tls: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

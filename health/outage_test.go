@@ -177,3 +177,51 @@ key_prefix "farmdns/load/" { policy = "read" }`)
 		}
 	})
 }
+
+// TestConsulRestartProductionWait runs the restart with the production
+// blocking wait (health.DefaultMaxWaitTime, a minute). The restarted agent
+// has lost its state, so its indexes are far below the ones the loops last
+// saw; a loop that waited on its old index would hang for the whole minute.
+// The reset to index 0 after an error makes the first query after the
+// outage a plain read, so the data is back within seconds.
+func TestConsulRestartProductionWait(t *testing.T) {
+	t.Parallel()
+	a := consultest.Start(t)
+	in := consultest.Instance{Node: "pw-n1", NodeAddress: "127.0.0.85", Service: "web", ID: "web-1", Port: 80}
+	a.Register(t, in)
+	// Raise both data sets' indexes well past what the fresh agent reaches.
+	for i := range 30 {
+		status := api.HealthCritical
+		if i%2 == 1 {
+			status = api.HealthPassing
+		}
+		a.SetCheck(t, "pw-n1", "web-1", consultest.ServiceCheckID("web-1"), status)
+		putReport(t, a, health.DefaultLoadPrefix, "web", "pw-n1", "web-1", int64(i), int64(i), 0, time.Now())
+	}
+	cfg := health.WatcherConfig{Services: []health.ServiceConfig{{Name: "web"}}} // production timings
+	w := startWatcher(t, a.Client, cfg)
+	waitSnapshot(t, w, "the last load before the outage", targetIs("web", "web-1", func(t *health.Target) bool {
+		return t.Load.Connections == 29 && t.Health == health.HealthPassing
+	}))
+	waitStatus(t, w, "synced", (*health.Status).Synced)
+	before := w.Status().DataSets
+
+	a.Stop()
+	waitStatus(t, w, "every data set failing", allFailing)
+	a.Restart()
+	start := time.Now()
+	in.Port = 8080
+	a.Register(t, in)
+	putReport(t, a, health.DefaultLoadPrefix, "web", "pw-n1", "web-1", 7, 7, 0, time.Now())
+	waitSnapshot(t, w, "fresh data after the restart, well within the one-minute wait", targetIs("web", "web-1", func(t *health.Target) bool {
+		return t.Port == 8080 && t.Load.Connections == 7
+	}))
+	t.Logf("back %v after the restart", time.Since(start).Round(time.Millisecond))
+	after := w.Status().DataSets
+	for i := range before {
+		// The premise: every loop's old index is ahead of the new agent's.
+		if after[i].Index >= before[i].Index {
+			t.Errorf("%s %s: index %d before the restart, %d after: the test needs the old one ahead", before[i].Kind, before[i].Name, before[i].Index, after[i].Index)
+		}
+	}
+}

@@ -105,7 +105,9 @@ type Load struct {
 	// Capacity is the resolved capacity: KV report, else service meta
 	// "capacity", else the service's configured default; 0 means unlimited.
 	Capacity int64
-	// Updated is the report's own time stamp (KV reports only).
+	// Updated is the report's own time stamp (KV reports only), or when
+	// farmdns first saw the report if the stamp is later (a reporter's
+	// clock ahead): a report's age runs from it.
 	Updated time.Time
 }
 

@@ -81,10 +81,10 @@ func (c WatcherConfig) withDefaults() (WatcherConfig, error) {
 	if c.LoadPrefix == "" {
 		c.LoadPrefix = DefaultLoadPrefix
 	}
-	c.LoadPrefix = strings.Trim(path.Clean("/"+c.LoadPrefix), "/")
-	if c.LoadPrefix == "" {
-		errs = append(errs, errors.New("load_prefix: must not be the KV root"))
+	if err := CheckLoadPrefix(c.LoadPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("load_prefix: %w", err))
 	}
+	c.LoadPrefix = cleanPrefix(c.LoadPrefix)
 	c.MaxReportAge = cmpOr(c.MaxReportAge, DefaultMaxReportAge)
 	c.MaxStaleness = cmpOr(c.MaxStaleness, DefaultMaxStaleness)
 	c.WaitTime = cmpOr(c.WaitTime, min(DefaultMaxWaitTime, c.MaxStaleness/4))
@@ -103,12 +103,9 @@ func (c WatcherConfig) withDefaults() (WatcherConfig, error) {
 	seen := map[string]bool{}
 	c.Services = append([]ServiceConfig(nil), c.Services...) // never alias the caller's slice
 	for i, s := range c.Services {
-		switch {
-		case s.Name == "":
-			errs = append(errs, fmt.Errorf("services[%d].name: empty", i))
-		case strings.ContainsAny(s.Name, "/?#"):
-			errs = append(errs, fmt.Errorf("services[%d].name: %q is not a Consul service name", i, s.Name))
-		case seen[s.Name]:
+		if err := CheckServiceName(s.Name); err != nil {
+			errs = append(errs, fmt.Errorf("services[%d].name: %w", i, err))
+		} else if seen[s.Name] {
 			errs = append(errs, fmt.Errorf("services[%d].name: %q listed twice", i, s.Name))
 		}
 		seen[s.Name] = true
@@ -117,6 +114,34 @@ func (c WatcherConfig) withDefaults() (WatcherConfig, error) {
 		}
 	}
 	return c, errors.Join(errs...)
+}
+
+// CheckServiceName says why name cannot be watched as a Consul service, if
+// it cannot: it goes into the path of the HTTP API's URL.
+func CheckServiceName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty")
+	case strings.ContainsAny(name, "/?#"):
+		return fmt.Errorf("%q is not a Consul service name", name)
+	}
+	return nil
+}
+
+// CheckLoadPrefix says why p cannot be the KV prefix of load reports, if it
+// cannot; "" stands for DefaultLoadPrefix.
+func CheckLoadPrefix(p string) error {
+	if p != "" && cleanPrefix(p) == "" {
+		return errors.New("must not be the KV root")
+	}
+	return nil
+}
+
+func cleanPrefix(p string) string {
+	if p == "" {
+		p = DefaultLoadPrefix
+	}
+	return strings.Trim(path.Clean("/"+p), "/")
 }
 
 func cmpOr(v, def time.Duration) time.Duration {

@@ -202,14 +202,19 @@ func TestWatcher(t *testing.T) {
 		all := make(chan prometheus.Metric, 100)
 		c.Collect(all)
 		close(all)
+		lags := 0
 		for pm := range all {
 			if !strings.Contains(pm.Desc().String(), `"farmdns_consul_propagation_lag_seconds"`) {
 				continue
 			}
+			lags++
 			var m dto.Metric
 			if err := pm.Write(&m); err != nil || m.Histogram.GetSampleCount() != 1 || m.Histogram.GetSampleSum() < 2 {
 				t.Errorf("lag histogram %v (%v), want one sample of at least 2 s", m.Histogram, err)
 			}
+		}
+		if lags != 1 {
+			t.Errorf("%d farmdns_consul_propagation_lag_seconds series collected, want 1", lags)
 		}
 	})
 

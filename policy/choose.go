@@ -60,6 +60,13 @@ func (o Outcome) String() string { return name(outcomeNames, int(o)) }
 // In shards mode, the indices name LBs of a single shard (never mixed),
 // rotated from one answer to the next.
 func (p *Pool) Choose(dst []int, fam Family, key uint64, now int64) (picked []int, ttl uint32, out Outcome) {
+	return p.ChooseN(dst, fam, key, now, p.cfg.Answers)
+}
+
+// ChooseN is Choose for an answer with room for at most n records (n at
+// least 1): the ledger must count only the records a client is sent.
+func (p *Pool) ChooseN(dst []int, fam Family, key uint64, now int64, n int) (picked []int, ttl uint32, out Outcome) {
+	n = max(1, min(n, p.cfg.Answers))
 	dst = dst[:0]
 	if fam >= families {
 		return dst, 0, OutcomeNoData
@@ -67,7 +74,7 @@ func (p *Pool) Choose(dst []int, fam Family, key uint64, now int64) (picked []in
 	r := newRNG(key ^ mix(uint64(now)) ^ p.cfg.Seed)
 	ttl = p.ttl(&r)
 	if p.cfg.Mode == Shards {
-		return p.chooseShard(dst, fam, key, now, &r, ttl)
+		return p.chooseShard(dst, fam, key, now, &r, ttl, n)
 	}
 	list := p.elig[fam]
 	if len(list) == 0 {
@@ -78,11 +85,11 @@ func (p *Pool) Choose(dst []int, fam Family, key uint64, now int64) (picked []in
 		if len(list) == 0 {
 			return dst, ttl, OutcomeNoData
 		}
-		dst = p.pick(dst, list, min(p.cfg.Answers, len(list)), &r, now, true, 1)
+		dst = p.pick(dst, list, min(n, len(list)), &r, now, true, 1)
 		p.account(dst, now, 1)
 		return dst, ttl, OutcomeFailOpen
 	}
-	k := min(p.cfg.Answers, len(list))
+	k := min(n, len(list))
 	var a asker
 	p.ch.askers.load(key, now, &a)
 	var size, wait float64
@@ -342,7 +349,7 @@ func (s *sampler) next() (int, bool) {
 
 // chooseShard is Choose in shards mode: one shard, by the pool's policy
 // over shard headroom, then that shard's LBs in rotation.
-func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng, ttl uint32) ([]int, uint32, Outcome) {
+func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng, ttl uint32, n int) ([]int, uint32, Outcome) {
 	list, out := p.shardElig[fam], OutcomeAnswer
 	if len(list) == 0 {
 		if empty, ok := p.emptyOutcome(); ok {
@@ -381,7 +388,7 @@ func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng,
 	}
 	m := uint64(len(lbs))
 	c := s.st.rr.Add(1) - 1
-	for j := uint64(0); j < m && len(dst) < p.cfg.Answers; j++ {
+	for j := uint64(0); j < m && len(dst) < n; j++ {
 		dst = append(dst, int(lbs[(c+j)%m]))
 	}
 	s.st.answers.Add(uint64(size*ledgerUnit + 0.5))

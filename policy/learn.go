@@ -51,8 +51,10 @@ func (l *learner) decay(dt, tau float64) {
 	l.s2y *= s
 }
 
+// add takes in one sample. A negative or non-finite one is dropped: a
+// single infinite x would make sx infinite, and the scale zero, for good.
 func (l *learner) add(x1, x2, y float64) {
-	if x1 < 0 || x2 < 0 || y < 0 || math.IsNaN(x1+x2+y) {
+	if x1 < 0 || x2 < 0 || y < 0 || math.IsNaN(x1+x2+y) || math.IsInf(x1+x2+y, 0) {
 		return
 	}
 	l.sy += y

@@ -327,7 +327,11 @@ func (p *Pool) buildEntries(ts []health.Target, states *map[identity]*targetStat
 			e.knownLoad = true
 			isReport := !st.seen || !l.Updated.Equal(st.updated) || l.Accepted != st.accepted || l.Connections != st.connections
 			if isReport {
-				if learn && st.seen && l.Accepted >= st.accepted && (l.Accepted > 0 || st.accepted > 0) {
+				// A node's share of its shard's answers is its part of the
+				// eligible capacity; a shard with none (drained, or all
+				// critical, but still reporting) gives no sample.
+				shareKnown := shardOf == nil || e.shard < 0 || shardCap[e.shard] > 0
+				if learn && shareKnown && st.seen && l.Accepted >= st.accepted && (l.Accepted > 0 || st.accepted > 0) {
 					// The reporter did not restart: Accepted grew by the
 					// clients that arrived since its previous report.
 					x1, x2 := n1-st.base1, n2-st.base2

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"testing"
@@ -176,5 +177,62 @@ func TestShardStickyAndAllocs(t *testing.T) {
 		dst, _, _ = p.Choose(dst, IPv4, uint64(i%7), at(time.Duration(i)*300*time.Millisecond))
 	}); n != 0 {
 		t.Errorf("%v allocations per choice", n)
+	}
+}
+
+// TestShardDrainedAndRestored: a shard whose nodes are all drained (or all
+// critical) but keep reporting has no eligible capacity; the reports taken
+// in meanwhile must not teach the learner anything absurd. Afterwards the
+// ledger still moves headroom, so fresh askers spread over the shards
+// instead of herding onto the one that looked emptiest at the last report.
+func TestShardDrainedAndRestored(t *testing.T) {
+	for _, how := range []string{"draining", "critical"} {
+		t.Run(how, func(t *testing.T) {
+			// b starts 100 connections per node fuller: 300 per shard, far
+			// more than the spread of equals.
+			nodes, lbs := farm(map[string]int64{"a": 5000, "b": 5100}, map[string]int{"a": 1, "b": 1})
+			cfg := shardConfig()
+			cfg.SlowStart = 0 // the ledger alone decides
+			p := NewPool(cfg, nodes, lbs, nil, t0)
+			choose(t, p, IPv4, 200, time.Second) // answers name both shards
+			// Shard a's nodes leave service but report the clients those
+			// answers brought.
+			drained := slices.Clone(nodes)
+			for i := range drained {
+				if drained[i].Meta["shard"] != "a" {
+					continue
+				}
+				if how == "draining" {
+					drained[i].Draining = true
+				} else {
+					drained[i].Health = health.HealthCritical
+				}
+				drained[i].Load.Accepted += 40
+				drained[i].Load.Updated = t0.Add(2 * time.Second)
+			}
+			p = NewPool(cfg, drained, lbs, p, t0.Add(2*time.Second))
+			if c1, c2 := p.ClientsPerAnswer(); !(c1 > 0.1 && c1 < 100) || math.IsNaN(c2) || math.IsInf(c2, 0) {
+				t.Fatalf("drained: learned %v, %v clients per answer", c1, c2)
+			}
+			// Restored, with fresh reports at the loads of the start.
+			restored := slices.Clone(nodes)
+			for i := range restored {
+				restored[i].Load.Accepted += 40
+				restored[i].Load.Updated = t0.Add(3 * time.Second)
+			}
+			p = NewPool(cfg, restored, lbs, p, t0.Add(3*time.Second))
+			if c1, _ := p.ClientsPerAnswer(); !(c1 > 0.1 && c1 < 100) {
+				t.Fatalf("restored: learned %v clients per answer", c1)
+			}
+			count := map[string]int{}
+			for i := range 1000 {
+				dst, _, _ := p.Choose(nil, IPv4, uint64(1<<32+i), at(4*time.Second+time.Duration(i)*time.Millisecond))
+				count[shardOf(p, dst)]++
+			}
+			// a takes the first 300 or so, then they take turns.
+			if count["a"] < 250 || count["b"] < 250 {
+				t.Fatalf("1000 fresh askers after a drain: %v", count)
+			}
+		})
 	}
 }

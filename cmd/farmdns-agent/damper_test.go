@@ -1,6 +1,8 @@
 package main
 
 import (
+	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -146,4 +148,81 @@ func sinApprox(s int) float64 {
 		return 4*p - 1
 	}
 	return 3 - 4*p
+}
+
+// TestFigureAgentWriteRate checks the write rates README-agent.md quotes
+// for 1,000 nodes with the default damping (heartbeat 10 s, min_interval
+// 1 s, min_change 1%), counting every second: the steady floor of 100
+// writes/s, with each node's count drifting as λ = 100 connections/s open
+// and as many close; the ceiling of 1,000 writes/s when every count moves by
+// more than 1% a second; and 547 writes per node-hour with one 10-minute
+// ramp from 0 to 20,000. The simulation is seeded, so the bounds are close.
+func TestFigureAgentWriteRate(t *testing.T) {
+	s, err := parseConfig([]byte("service: {name: ws, port: 8080}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := s.damping // the defaults, as shipped
+	const (
+		nodes  = 1000
+		warmUp = 60  // seconds before counting writes: phases spread out
+		window = 600 // seconds of writes counted
+		lambda = 100 // connections opening per second per node, and closing
+	)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	rng := rand.New(rand.NewPCG(1, 2))
+	// run simulates every node counting once a second (starting at a random
+	// phase) and returns the writes per second over the window.
+	run := func(step func(node int, count int64) int64) float64 {
+		writes := 0
+		for n := range nodes {
+			d := damper{policy: policy}
+			count := int64(20000)
+			phase := time.Duration(rng.Int64N(int64(time.Second)))
+			for sec := range warmUp + window {
+				count = step(n, count)
+				now := t0.Add(phase + time.Duration(sec)*time.Second)
+				if _, ok := d.due(now, count); ok {
+					d.wrote(now, count)
+					if sec >= warmUp {
+						writes++
+					}
+				}
+			}
+		}
+		return float64(writes) / window
+	}
+	// Steady: the net drift of a second is the difference of two Poisson
+	// counts of mean λ, near enough normal with variance 2λ.
+	steady := run(func(_ int, c int64) int64 {
+		return max(0, c+int64(math.Round(rng.NormFloat64()*math.Sqrt(2*lambda))))
+	})
+	// Churning: every count moves by 2% a second, up or down.
+	ceiling := run(func(_ int, c int64) int64 {
+		if rng.IntN(2) == 0 {
+			return c * 102 / 100
+		}
+		return c * 98 / 100
+	})
+	// One node-hour with a ramp: 0 -> 20,000 at 33/s, then steady.
+	d := damper{policy: policy}
+	ramp := 0
+	for sec := range 3600 {
+		now, c := t0.Add(time.Duration(sec)*time.Second), min(int64(sec)*33, 20000)
+		if _, ok := d.due(now, c); ok {
+			d.wrote(now, c)
+			ramp++
+		}
+	}
+	t.Logf("1,000 nodes, default damping: steady %.1f writes/s (README: 100), every count moving 2%%/s %.1f writes/s (README ceiling: 1,000); one node-hour with a 10-minute ramp: %d writes (README: 547)",
+		steady, ceiling, ramp)
+	if steady < 95 || steady > 105 {
+		t.Errorf("steady farm: %.1f writes/s; README-agent.md quotes 100 (the heartbeat floor)", steady)
+	}
+	if ceiling > 1000 || ceiling < 950 {
+		t.Errorf("churning farm: %.1f writes/s; README-agent.md quotes a ceiling of 1,000", ceiling)
+	}
+	if ramp < 520 || ramp > 575 {
+		t.Errorf("a ramp: %d writes per node-hour; README-agent.md quotes 547", ramp)
+	}
 }

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"container/heap"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"net"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -18,9 +20,13 @@ import (
 // TestClosedLoopBalance runs the whole loop for real, in real time: nodes
 // report their connection counts to a real Consul, farmdns reads them and
 // answers over UDP, resolvers cache its answers for the TTL, and clients
-// connect to the first record and stay. The spread of connections across
-// the nodes must stay within bounds looser than the simulator's (the run is
-// short, with few connections, and starts cold); the figures are logged.
+// connect to the first record and stay. One node has twice the others'
+// capacity, as in a farm of mixed hardware. The spread of utilisation
+// (connections over capacity) across the nodes must stay within bounds
+// looser than the simulator's (the run is short, with few connections, and
+// starts cold), and tight enough that round-robin fails each of them: it
+// hands a popular resolver's cached burst to one node, never corrects, and
+// gives the big node no more than the others. The figures are logged.
 func TestClosedLoopBalance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 25 s real-time run")
@@ -34,9 +40,15 @@ func TestClosedLoopBalance(t *testing.T) {
 		warmUp     = 8 * time.Second
 		reportEach = time.Second
 	)
+	capacity := func(i int) int { // node 5 is the big one
+		return 1000 * (1 + i/nodes)
+	}
+	// FARMDNS_BALANCE_POLICY runs it with another policy, to see that the
+	// bounds tell the default from round-robin (which must fail them).
+	policy := cmp.Or(os.Getenv("FARMDNS_BALANCE_POLICY"), "least-loaded")
 	// The nodes join one by one as the test registers them: without slow
 	// start off, the later ones would ramp up for its whole length.
-	f := startFarm(t, 0, "        answers: 3\n        ttl: 1s\n        slow_start: 0s\n", false)
+	f := startFarm(t, 0, "        answers: 3\n        ttl: 1s\n        slow_start: 0s\n        policy: "+policy+"\n", false)
 	for i := 1; i <= nodes; i++ {
 		registerNode(t, f.consul, i, 0)
 	}
@@ -75,33 +87,37 @@ func TestClosedLoopBalance(t *testing.T) {
 		if now.After(nextReport) {
 			nextReport = nextReport.Add(reportEach)
 			report := map[string][]byte{}
-			var sum, most float64
+			var sum, capSum, most float64
 			for i := 1; i <= nodes; i++ {
 				addr := fmt.Sprintf("127.0.0.%d", 10+i)
 				node := fmt.Sprintf("n%d", i)
 				report[health.LoadKey(health.DefaultLoadPrefix, "ws", node, "ws-"+node)] = fmt.Appendf(nil,
-					`{"connections":%d,"accepted":%d,"capacity":1000,"updated":%q}`, conns[addr], accepted[addr], now.UTC().Format(time.RFC3339Nano))
+					`{"connections":%d,"accepted":%d,"capacity":%d,"updated":%q}`, conns[addr], accepted[addr], capacity(i), now.UTC().Format(time.RFC3339Nano))
 				sum += float64(conns[addr])
-				most = math.Max(most, float64(conns[addr]))
+				capSum += float64(capacity(i))
+				most = math.Max(most, float64(conns[addr])/float64(capacity(i)))
 			}
 			if err := f.consul.PutKVBatch(report); err != nil {
 				t.Fatal(err)
 			}
 			if now.Sub(start) > warmUp && sum > 0 {
-				ratios = append(ratios, most/(sum/nodes))
+				ratios = append(ratios, most/(sum/capSum)) // the most utilised over the mean
 			}
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
 	slices.Sort(ratios)
-	p50, max := ratios[len(ratios)/2], ratios[len(ratios)-1]
-	t.Logf("closed loop, %d nodes, %d resolvers, %.0f clients/s, TTL 1 s, 3 records, reports every %v: max/mean over %d samples after %v: p50 %.3f, max %.3f; final %v",
-		nodes, resolvers, arrivals, reportEach, len(ratios), warmUp, p50, max, conns)
-	// With about 800 connections per node, counting noise alone moves a
-	// node by a few percent; the bounds leave room for it and for a busy
-	// machine, and still catch herding (one node taking a resolver's bursts).
+	p50, p90, max := ratios[len(ratios)/2], ratios[len(ratios)*9/10], ratios[len(ratios)-1]
+	t.Logf("closed loop, %s, %d nodes (one of twice the capacity), %d resolvers, %.0f clients/s, TTL 1 s, 3 records, reports every %v: max/mean over %d samples after %v: p50 %.3f, p90 %.3f, max %.3f; final %v",
+		policy, nodes, resolvers, arrivals, reportEach, len(ratios), warmUp, p50, p90, max, conns)
+	// With about 700 connections per small node, counting noise alone
+	// moves a node by a few percent; the bounds leave room for it and for a
+	// busy machine, and round-robin fails each of them. Measured with -race
+	// on the shared 2-core machine (load average 12-20), four runs each:
+	// least-loaded p50 1.020-1.044, max 1.081-1.167; round-robin p50
+	// 1.279-1.412, max 1.393-1.607.
 	if p50 > 1.10 || max > 1.25 {
-		t.Errorf("max/mean p50 %.3f (bound 1.10), max %.3f (bound 1.25): farmdns herds clients", p50, max)
+		t.Errorf("max/mean utilisation p50 %.3f (bound 1.10), max %.3f (bound 1.25): %s does not balance", p50, max, policy)
 	}
 }
 

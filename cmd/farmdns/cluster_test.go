@@ -66,7 +66,7 @@ zones:
 	// answers: 4 puts every eligible target in every answer, so one query
 	// shows the whole pool.
 	eventually(t, 15*time.Second, "pool filled, every load known", func() bool {
-		return slices.Equal(sorted(f.ask(t, 1)), all) && slices.Equal(knownTargets(srv.watcher.Load().Snapshot()), all)
+		return slices.Equal(sorted(f.ask(t, 1)), all) && slices.Equal(knownTargets(srv.currentWatcher().Snapshot()), all)
 	})
 
 	m := startClusterMonitor(t, f, all)
@@ -126,7 +126,7 @@ zones:
 	m.allow(all)
 
 	m.stop(t)
-	for _, d := range srv.watcher.Load().Status().DataSets {
+	for _, d := range srv.currentWatcher().Status().DataSets {
 		t.Logf("consul reads failed during the test: %s %s: %d", d.Kind, d.Name, d.Errors)
 	}
 	t.Logf("whole test %v", time.Since(start).Round(time.Millisecond))
@@ -209,7 +209,7 @@ func startClusterMonitor(t *testing.T, f *farm, initial []string) *clusterMonito
 	})
 	// Snapshots: every one the watcher publishes.
 	m.wg.Go(func() {
-		w := f.srv.watcher.Load()
+		w := f.srv.currentWatcher()
 		for snap := w.Snapshot(); ; snap = w.Snapshot() {
 			want := m.allowedNow()
 			got := knownTargets(snap)

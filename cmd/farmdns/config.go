@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/farmdns/farmdns/cmd/internal/adminhttp"
 	"github.com/farmdns/farmdns/dnsserver"
+	"github.com/farmdns/farmdns/dnsserver/consuldns"
+	"github.com/farmdns/farmdns/dnsserver/rrl"
 	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/policy"
 	"github.com/farmdns/farmdns/zones"
@@ -35,9 +38,13 @@ type Config struct {
 	Log    LogConfig     `yaml:"log"`
 	Consul ConsulSection `yaml:"consul"`
 	Zones  []ZoneConfig  `yaml:"zones"`
+	// ConsulDNS answers Consul's DNS names; see consuldns.go.
+	ConsulDNS *ConsulDNSConfig `yaml:"consul_dns"`
 
 	dir  string // relative zone files are read from here
 	seed uint64 // this process's random seed for the policies
+
+	consulDNS *consuldns.Resolver // built from ConsulDNS by validate
 }
 
 // DNSConfig is the `dns:` block.
@@ -57,6 +64,28 @@ type DNSConfig struct {
 	TransferAllow []string `yaml:"transfer_allow"`
 	// StatusAllow lists who may ask TXT _status.<zone>; default: loopback.
 	StatusAllow []string `yaml:"status_allow"`
+	// RRL is response rate limiting; off unless responses_per_second is set.
+	RRL RRLConfig `yaml:"rrl"`
+}
+
+// RRLConfig is the `dns.rrl:` block: response rate limiting of UDP replies
+// (package dnsserver/rrl). Off by default: benchmarks and tests flood from
+// one address.
+type RRLConfig struct {
+	// ResponsesPerSecond per client prefix and response class; 0: off.
+	ResponsesPerSecond int `yaml:"responses_per_second"`
+	// Slip: every Nth limited response is sent truncated, so a real client
+	// retries over TCP; 0 drops them all. Default 2.
+	Slip *int `yaml:"slip"`
+	// IPv4Prefix and IPv6Prefix group clients; default 24 and 56.
+	IPv4Prefix int `yaml:"ipv4_prefix"`
+	IPv6Prefix int `yaml:"ipv6_prefix"`
+	// Window is how long a prefix's debt is remembered; default 15 s.
+	Window time.Duration `yaml:"window"`
+	// Exempt addresses and prefixes are never limited.
+	Exempt []string `yaml:"exempt"`
+	// LogOnly counts and logs what would be limited, and limits nothing.
+	LogOnly bool `yaml:"log_only"`
 }
 
 // HTTPConfig is the `http:` block.
@@ -195,6 +224,19 @@ func (c *Config) setDefaults() {
 	if c.DNS.MaxTCPConnections == 0 {
 		c.DNS.MaxTCPConnections = 1000
 	}
+	if c.DNS.RRL.Slip == nil {
+		c.DNS.RRL.Slip = new(int)
+		*c.DNS.RRL.Slip = 2 // every other limited response: half reach a real client as TC
+	}
+	if c.DNS.RRL.IPv4Prefix == 0 {
+		c.DNS.RRL.IPv4Prefix = 24
+	}
+	if c.DNS.RRL.IPv6Prefix == 0 {
+		c.DNS.RRL.IPv6Prefix = 56 // what an ISP hands one customer
+	}
+	if c.DNS.RRL.Window == 0 {
+		c.DNS.RRL.Window = 15 * time.Second
+	}
 	if c.HTTP.Listen == "" {
 		c.HTTP.Listen = "127.0.0.1:9153"
 	}
@@ -217,14 +259,21 @@ func (c *Config) validate() error {
 			bad(fmt.Sprintf("dns.listen[%d]", i), "%q is not host:port", addr)
 		}
 	}
+	if n := len(*c.DNS.NSID); n > dnsserver.MaxNSID {
+		// An identifier needs no more; a longer one would crowd the answers
+		// out of small replies, or overflow its option.
+		bad("dns.nsid", "%d octets, longer than %d", n, dnsserver.MaxNSID)
+	}
 	if c.DNS.MaxUDPSize < dns.MinMsgSize || c.DNS.MaxUDPSize > dns.MaxMsgSize {
 		bad("dns.max_udp_size", "%d is not between 512 and 65535", c.DNS.MaxUDPSize)
 	}
-	if c.DNS.TCPIdleTimeout < 0 {
-		bad("dns.tcp_idle_timeout", "must be positive")
+	// Under a second, a query may not arrive whole in time (the idle timeout
+	// also bounds that); a long one lets idle clients sit on slots.
+	if d := c.DNS.TCPIdleTimeout; d < time.Second || d > 10*time.Minute {
+		bad("dns.tcp_idle_timeout", "%s is not between 1s and 10m0s", d)
 	}
-	if c.DNS.MaxTCPConnections < 0 {
-		bad("dns.max_tcp_connections", "must be positive")
+	if n := c.DNS.MaxTCPConnections; n < 1 || n > 1_000_000 {
+		bad("dns.max_tcp_connections", "%d is not between 1 and 1000000", n)
 	}
 	for key, list := range map[string][]string{"dns.transfer_allow": c.DNS.TransferAllow, "dns.status_allow": c.DNS.StatusAllow} {
 		for i, s := range list {
@@ -233,6 +282,7 @@ func (c *Config) validate() error {
 			}
 		}
 	}
+	c.DNS.RRL.validate(bad)
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen", "%q is not host:port", c.HTTP.Listen)
 	}
@@ -246,9 +296,10 @@ func (c *Config) validate() error {
 	if _, err := logLevel(c.Log.Level); err != nil {
 		bad("log.level", "%v", err)
 	}
-	if len(c.Zones) == 0 {
+	if len(c.Zones) == 0 && c.ConsulDNS == nil {
 		bad("zones", "no zones configured")
 	}
+	c.validateConsulDNS(bad)
 	seen := map[string]bool{}
 	for i, z := range c.Zones {
 		key := fmt.Sprintf("zones[%d]", i)
@@ -278,6 +329,14 @@ func (c *Config) validate() error {
 			if p.Service == "" {
 				bad(pkey+".service", "missing")
 			}
+			for _, svc := range []struct{ key, name string }{{".service", p.Service}, {".lb_service", p.LBService}} {
+				if svc.name == "" {
+					continue // missing or not needed: said above and below
+				}
+				if err := health.CheckServiceName(svc.name); err != nil {
+					bad(pkey+svc.key, "%v", err)
+				}
+			}
 			pc := p.policyConfig()
 			if err := pc.Validate(); err != nil {
 				bad(pkey, "%v", err)
@@ -290,9 +349,12 @@ func (c *Config) validate() error {
 			}
 		}
 	}
-	if c.hasPools() {
+	if c.hasPools() || c.ConsulDNS != nil {
 		if err := c.Consul.Validate(); err != nil {
 			errs = append(errs, err)
+		}
+		if err := health.CheckLoadPrefix(c.Consul.LoadPrefix); err != nil {
+			bad("consul.load_prefix", "%v", err)
 		}
 		for key, d := range map[string]time.Duration{"consul.max_report_age": c.Consul.MaxReportAge, "consul.max_staleness": c.Consul.MaxStaleness} {
 			if d < 0 {
@@ -308,6 +370,54 @@ func (c *Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validate checks the block whether rate limiting is on or not, so that
+// switching it on never reveals an old mistake.
+func (r RRLConfig) validate(bad func(key, format string, args ...any)) {
+	if r.ResponsesPerSecond < 0 || r.ResponsesPerSecond > rrl.MaxResponsesPerSecond {
+		bad("dns.rrl.responses_per_second", "%d is not between 0 (off) and %d", r.ResponsesPerSecond, rrl.MaxResponsesPerSecond)
+	}
+	if *r.Slip < 0 || *r.Slip > 10 {
+		bad("dns.rrl.slip", "%d is not between 0 (drop all) and 10", *r.Slip)
+	}
+	if r.IPv4Prefix < 8 || r.IPv4Prefix > 32 {
+		bad("dns.rrl.ipv4_prefix", "%d is not between 8 and 32", r.IPv4Prefix)
+	}
+	if r.IPv6Prefix < 16 || r.IPv6Prefix > 128 {
+		bad("dns.rrl.ipv6_prefix", "%d is not between 16 and 128", r.IPv6Prefix)
+	}
+	if r.Window < time.Second || r.Window > time.Hour {
+		bad("dns.rrl.window", "%s is not between 1s and 1h", r.Window)
+	}
+	for i, s := range r.Exempt {
+		if _, err := parsePrefix(s); err != nil {
+			bad(fmt.Sprintf("dns.rrl.exempt[%d]", i), "%v", err)
+		}
+	}
+}
+
+// limiter builds the rate limiter the block describes; nil when it is off.
+func (r RRLConfig) limiter(log *slog.Logger) (*rrl.Limiter, error) {
+	if r.ResponsesPerSecond == 0 {
+		return nil, nil
+	}
+	return rrl.New(rrl.Config{
+		ResponsesPerSecond: r.ResponsesPerSecond,
+		Slip:               *r.Slip,
+		IPv4Prefix:         r.IPv4Prefix,
+		IPv6Prefix:         r.IPv6Prefix,
+		Window:             r.Window,
+		Exempt:             prefixes(r.Exempt),
+		LogOnly:            r.LogOnly,
+		Log:                log,
+	})
+}
+
+// key tells two blocks apart: a reload swaps the limiter, and forgets every
+// prefix's debt, only when the block changed.
+func (r RRLConfig) key() string {
+	return fmt.Sprint(r.ResponsesPerSecond, *r.Slip, r.IPv4Prefix, r.IPv6Prefix, r.Window, r.Exempt, r.LogOnly)
 }
 
 func (c *Config) hasPools() bool {

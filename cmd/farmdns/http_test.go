@@ -166,7 +166,7 @@ func TestHTTPTokenFile(t *testing.T) {
 		t.Errorf("the token after a failed reload: %d", code)
 	}
 	for _, tok := range []string{testToken, newToken} {
-		if strings.Contains(logs.String(), tok) || strings.Contains(fmt.Sprintf("%+v %#v", *s.cfg, *s.cfg), tok) {
+		if strings.Contains(logs.String(), tok) || strings.Contains(fmt.Sprintf("%+v %#v", *s.cfg.Load(), *s.cfg.Load()), tok) {
 			t.Errorf("the token %q shows in the logs or the printed config", tok)
 		}
 	}

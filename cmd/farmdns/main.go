@@ -79,14 +79,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// load reads the config and builds the state it describes.
+// load reads the config and builds everything it describes, so that -check
+// fails on whatever would fail to run: the zones and the state to serve, and
+// with pools the Consul client and watcher (built, not started).
 func load(path string) (*Config, *dnsserver.State, error) {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := buildState(cfg)
-	if err != nil {
+	st, stErr := buildState(cfg)
+	// A silent check: the watcher that runs is built again, to log.
+	_, _, wErr := newWatcher(cfg, slog.New(slog.DiscardHandler))
+	if err := errors.Join(stErr, wErr); err != nil {
 		return nil, nil, err
 	}
 	return cfg, st, nil
@@ -104,7 +108,7 @@ func summary(st *dnsserver.State) string {
 // server is the running farmdns: DNS, HTTP, and the configuration behind them.
 type server struct {
 	path    string
-	cfg     *Config
+	cfg     atomic.Pointer[Config] // read by HTTP handlers while a reload replaces it
 	log     *slog.Logger
 	handler *dnsserver.Handler
 	dns     *dnsserver.Server
@@ -116,22 +120,27 @@ type server struct {
 	reloadOK   prometheus.Gauge
 	reloadTime prometheus.Gauge
 
+	history history // the pools' balance, sampled for /status
+
 	recent     recentAnswers
 	mu         sync.Mutex // guards lastReload
 	lastReload reloadStatus
 
-	ctx     context.Context // the server's lifetime, for watchers started on reload
-	watch   *watch          // nil without pools
-	watcher atomic.Pointer[health.Watcher]
+	ctx   context.Context       // the server's lifetime, for watchers started on reload
+	watch atomic.Pointer[watch] // nil without pools
+	// catalogs feeds the Consul DNS domains; catalogWatch runs it.
+	catalogs     *catalogSlot
+	catalogWatch *catalogWatch
 	// reloaded, if set, is told the outcome of every reload.
 	reloaded chan<- error
 }
 
 func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) *server {
+	catalogs := &catalogSlot{}
+	attachConsulDNS(st, cfg, catalogs)
 	h := dnsserver.NewHandler(st, log)
 	s := &server{
 		path:    path,
-		cfg:     cfg,
 		log:     log,
 		handler: h,
 		dns: &dnsserver.Server{
@@ -151,13 +160,15 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 			Help: "When the configuration was last loaded successfully, start-up included.",
 		}),
 	}
+	s.cfg.Store(cfg)
+	s.catalogs = catalogs
 	s.reloadOK.Set(1)
 	s.reloadTime.SetToCurrentTime()
 	s.lastReload = reloadStatus{OK: true, At: time.Now()}
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		h.Collector(), h.PoolCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
+		h.Collector(), h.PoolCollector(), s.dns.RRLCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
 	)
 	s.guard = adminhttp.NewGuard(cfg.HTTP.token, log)
 	s.web = adminhttp.NewServer(s.httpHandler(), cfg.HTTP.idleTimeout, log)
@@ -167,20 +178,34 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 // start binds every socket; nothing is served unless all of them bind.
 func (s *server) start(ctx context.Context) error {
 	s.ctx = ctx
-	if err := s.startWatch(s.cfg); err != nil {
+	cfg := s.cfg.Load()
+	if err := s.setRRL(cfg); err != nil {
+		return err
+	}
+	w, key, err := newWatcher(cfg, s.log)
+	if err != nil {
+		return err
+	}
+	s.startWatch(w, key)
+	if err := s.startCatalogWatch(cfg); err != nil {
+		s.stopWatch()
 		return err
 	}
 	if err := s.dns.Start(ctx); err != nil {
 		s.stopWatch()
+		s.stopCatalogWatch()
 		return err
 	}
-	ln, err := net.Listen("tcp", s.cfg.HTTP.Listen)
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		s.dns.Shutdown(context.Background())
+		s.stopWatch()
+		s.stopCatalogWatch()
 		return fmt.Errorf("http listen: %w", err)
 	}
 	s.webLn = ln
 	go s.web.Serve(ln)
+	go s.history.run(ctx, s.handler.PoolsStatus)
 	s.log.Info("farmdns serving", "dns", s.dns.BoundAddrs(), "http", ln.Addr().String(), "zones", summary(s.handler.State()))
 	return nil
 }
@@ -209,15 +234,31 @@ func (s *server) run(ctx context.Context) error {
 			s.web.Shutdown(sctx)
 			err := s.dns.Shutdown(sctx)
 			s.stopWatch()
+			s.stopCatalogWatch()
 			return err
 		}
 	}
 }
 
-// reload swaps in a new configuration only if all of it is valid; otherwise
-// the running one keeps serving, untouched.
+// reload swaps in a new configuration only if all of it is valid and built,
+// its Consul watcher included; otherwise the running one keeps serving,
+// untouched.
 func (s *server) reload() error {
 	cfg, st, err := load(s.path)
+	var (
+		w       *health.Watcher
+		key     string
+		replace bool
+	)
+	if err == nil {
+		// Other services, Consul settings or credentials, or a watcher
+		// that stopped: a new watcher, built before anything changes.
+		wt := s.watch.Load()
+		key = watchKey(cfg)
+		if replace = wt == nil || wt.key != key || !wt.running(); replace {
+			w, key, err = newWatcher(cfg, s.log)
+		}
+	}
 	if err != nil {
 		s.reloadOK.Set(0)
 		s.mu.Lock()
@@ -231,21 +272,47 @@ func (s *server) reload() error {
 	s.mu.Lock()
 	s.lastReload = reloadStatus{OK: true, At: time.Now()}
 	s.mu.Unlock()
-	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(s.cfg.DNS.Listen, ",") || cfg.HTTP.Listen != s.cfg.HTTP.Listen {
+	old := s.cfg.Load()
+	if strings.Join(cfg.DNS.Listen, ",") != strings.Join(old.DNS.Listen, ",") || cfg.HTTP.Listen != old.HTTP.Listen {
 		s.log.Warn("listen addresses changed; they take effect on restart")
 	}
-	if watchKey(cfg) != watchKey(s.cfg) {
-		// Other services or Consul settings: a new watcher. The pools keep
-		// their targets until it has synced.
-		s.stopWatch()
-		if err := s.startWatch(cfg); err != nil {
-			s.log.Error("Consul watcher not restarted", "err", err)
+	if replace {
+		// The new watcher starts, then the old one stops.
+		s.startWatch(w, key)
+	}
+	if cfg.DNS.RRL.key() != old.DNS.RRL.key() {
+		if err := s.setRRL(cfg); err != nil {
+			s.log.Error("rate limiting unchanged", "err", err)
 		}
 	}
-	s.cfg = cfg
+	if catalogKey(cfg) != catalogKey(old) {
+		s.stopCatalogWatch()
+		if err := s.startCatalogWatch(cfg); err != nil {
+			s.log.Error("Consul catalog watcher not restarted", "err", err)
+		}
+	}
+	attachConsulDNS(st, cfg, s.catalogs)
+	s.cfg.Store(cfg)
 	s.guard.SetToken(cfg.HTTP.token)
+	s.dns.SetTCPLimits(cfg.DNS.TCPIdleTimeout, cfg.DNS.MaxTCPConnections)
 	s.handler.Swap(st)
 	s.log.Info("reloaded", "zones", summary(st))
+	return nil
+}
+
+// setRRL swaps in the rate limiter cfg describes (nil: none). The new one
+// starts with no prefix in debt.
+func (s *server) setRRL(cfg *Config) error {
+	l, err := cfg.DNS.RRL.limiter(s.log)
+	if err != nil {
+		return err
+	}
+	s.dns.SetRRL(l)
+	if l != nil {
+		r := cfg.DNS.RRL
+		s.log.Info("response rate limiting on", "responses_per_second", r.ResponsesPerSecond, "slip", *r.Slip,
+			"ipv4_prefix", r.IPv4Prefix, "ipv6_prefix", r.IPv6Prefix, "window", r.Window, "log_only", r.LogOnly)
+	}
 	return nil
 }
 
@@ -253,7 +320,7 @@ func (s *server) reload() error {
 func (s *server) toggleQueryLog() {
 	every := uint32(0)
 	if s.handler.QueryLog() == 0 {
-		every = s.cfg.Log.QuerySample
+		every = s.cfg.Load().Log.QuerySample
 	}
 	s.handler.SetQueryLog(every)
 	s.log.Info("query log", "on", every > 0, "one_in", every)
@@ -290,8 +357,14 @@ func (s *server) httpHandler() http.Handler {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if wt := s.watcher.Load(); wt != nil {
-			if ok, why := wt.Ready(); !ok {
+		wt := s.watch.Load()
+		if s.cfg.Load().hasPools() && (wt == nil || !wt.running()) {
+			// The pools are frozen: nothing will ever update them.
+			http.Error(w, "not ready: pools configured but no Consul watcher running", http.StatusServiceUnavailable)
+			return
+		}
+		if wt != nil {
+			if ok, why := wt.w.Ready(); !ok {
 				// Still answering from the last good data, but a load
 				// balancer in front should prefer an instance that is not.
 				http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)

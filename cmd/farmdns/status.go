@@ -46,6 +46,8 @@ var statusPage = template.Must(template.New("status.html").Funcs(template.FuncMa
 		}
 		return "passed"
 	},
+	"balanceChart": balanceChart,
+	"targetsChart": targetsChart,
 }).ParseFS(statusFiles, "status.html"))
 
 // status is what /status shows and /status.json returns.
@@ -68,6 +70,9 @@ type zoneStatus struct {
 type poolStatus struct {
 	dnsserver.PoolStatus
 	Targets []targetStatus `json:"targets"`
+	// History is the pool's balance over the last 15 minutes; nil before
+	// the first sample.
+	History *poolGraph `json:"history,omitempty"`
 }
 
 // targetStatus adds the target's share of the pool's recent answers.
@@ -153,12 +158,12 @@ func (r *recentAnswers) shares(pools []dnsserver.PoolStatus, now time.Time) []po
 
 func (s *server) status() status {
 	now := time.Now()
-	st := status{Now: now, Instance: *s.cfg.DNS.NSID}
+	st := status{Now: now, Instance: *s.cfg.Load().DNS.NSID}
 	for _, z := range s.handler.State().Zones.Zones() {
 		st.Zones = append(st.Zones, zoneStatus{Origin: z.Origin, File: z.File, Records: z.Records(), Serial: z.SOA().Serial})
 	}
 	st.Pools = s.recent.shares(s.handler.PoolsStatus(now), now)
-	if w := s.watcher.Load(); w != nil {
+	if w := s.currentWatcher(); w != nil {
 		ws := w.Status()
 		ready, why := ws.Ready(now)
 		st.Consul = &consulStatus{Ready: ready, Why: why, ServingSaved: ws.ServingSaved(), Restored: ws.Restored}
@@ -179,6 +184,9 @@ func (s *server) status() status {
 	s.mu.Lock()
 	st.Reload = s.lastReload
 	s.mu.Unlock()
+	for i := range st.Pools {
+		st.Pools[i].History = s.history.graph(st.Pools[i].Name, now)
+	}
 	return st
 }
 

@@ -34,12 +34,22 @@ const StartTimeout = 30 * time.Second
 type Option func(*options)
 
 type options struct {
-	acl bool
+	acl   bool
+	dns   bool
+	extra string
 }
 
 // WithACL enables ACLs with default policy deny. The agent's initial
 // management token is in Agent.Token, and Agent.Client uses it.
 func WithACL() Option { return func(o *options) { o.acl = true } }
+
+// WithDNS enables the agent's DNS interface on a free loopback port (UDP and
+// TCP); its address is in Agent.DNSAddr.
+func WithDNS() Option { return func(o *options) { o.dns = true } }
+
+// WithConfig appends HCL to the agent's configuration, for settings such as
+// dns_config that no other option covers.
+func WithConfig(hcl string) Option { return func(o *options) { o.extra += hcl + "\n" } }
 
 // Agent is a running dev-mode Consul agent bound to 127.0.0.1. Its exported
 // fields do not change after Start; Restart keeps the same ports and token.
@@ -52,6 +62,9 @@ type Agent struct {
 	Token string
 	// NodeName is the agent's own node name.
 	NodeName string
+	// DNSAddr is the DNS interface's address, 127.0.0.1:port, with WithDNS;
+	// empty otherwise.
+	DNSAddr string
 	// ServerAddr is a cluster server's RPC and Raft address, as
 	// /v1/status/leader names it; empty for the dev and the client agent.
 	ServerAddr string
@@ -79,10 +92,7 @@ func Start(t testing.TB, opts ...Option) *Agent {
 	}
 	bin, err := Binary()
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("consultest: no Consul binary (a failure in CI): %v", err)
-		}
-		t.Skipf("consultest: no Consul binary: %v", err)
+		Skipf(t, "consultest: no Consul binary: %v", err)
 	}
 	dir := t.TempDir()
 	a := &Agent{t: t, bin: bin, dir: dir, logPath: filepath.Join(dir, "consul.log")}
@@ -93,7 +103,11 @@ func Start(t testing.TB, opts ...Option) *Agent {
 	// A free port can be taken by someone else between our probe and the
 	// agent's bind; try a few sets before giving up.
 	for attempt := 1; ; attempt++ {
-		ports, err := freePorts(3)
+		nports := 3
+		if o.dns {
+			nports = 4
+		}
+		ports, err := freePorts(nports)
 		if err != nil {
 			t.Fatalf("consultest: %v", err)
 		}
@@ -101,6 +115,9 @@ func Start(t testing.TB, opts ...Option) *Agent {
 			t.Fatalf("consultest: %v", err)
 		}
 		a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+		if o.dns {
+			a.DNSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3]))
+		}
 		a.Client = nil // made again for the new address
 		err = a.start()
 		if err == nil {
@@ -190,8 +207,12 @@ func (a *Agent) writeConfig(ports []int, o options) error {
 }
 `, a.Token)
 	}
-	// DNS, gRPC and WAN gossip are off: fewer ports to collide on, and the
-	// tests use the HTTP API only.
+	// DNS (unless asked for), gRPC and WAN gossip are off: fewer ports to
+	// collide on, and most tests use the HTTP API only.
+	dns := -1
+	if o.dns {
+		dns = ports[3]
+	}
 	cfg := fmt.Sprintf(`node_name = %q
 bind_addr = "127.0.0.1"
 client_addr = "127.0.0.1"
@@ -201,12 +222,12 @@ ports {
   http = %d
   serf_lan = %d
   server = %d
-  dns = -1
+  dns = %d
   grpc = -1
   grpc_tls = -1
   serf_wan = -1
 }
-%s`, a.NodeName, ports[0], ports[1], ports[2], acl)
+%s%s`, a.NodeName, ports[0], ports[1], ports[2], dns, acl, o.extra)
 	p := filepath.Join(a.dir, "agent.hcl")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		return fmt.Errorf("write agent config: %w", err)

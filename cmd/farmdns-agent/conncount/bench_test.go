@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/farmdns/farmdns/health/consultest"
 )
 
 // BenchmarkCount measures one count with 10,000 and 100,000 established
@@ -79,7 +81,7 @@ func openConns(b *testing.B, n int) uint16 {
 	if !inProcess {
 		chunk = min(chunk, (int(hard)-fdSlack)/2)
 		if chunk < 1000 || n/chunk > 200 {
-			b.Skipf("RLIMIT_NOFILE hard limit %d is too low to hold %d connections even over helper processes", hard, n)
+			consultest.Skipf(b, "RLIMIT_NOFILE hard limit %d is too low to hold %d connections even over helper processes", hard, n)
 		}
 		b.Logf("RLIMIT_NOFILE hard limit is %d and cannot be raised (needs CAP_SYS_RESOURCE): holding the sockets in %d helper processes",
 			hard, (n+chunk-1)/chunk)
@@ -216,7 +218,7 @@ func startHelper(b *testing.B, addr string, n int) {
 	}
 	if err := cmd.Start(); err != nil {
 		cancel()
-		b.Skipf("cannot start a helper process: %v", err)
+		consultest.Skipf(b, "cannot start a helper process: %v", err)
 	}
 	b.Cleanup(func() {
 		stdin.Close() // the helper exits on EOF

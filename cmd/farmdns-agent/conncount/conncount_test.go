@@ -4,6 +4,8 @@ import (
 	"net"
 	"strconv"
 	"testing"
+
+	"github.com/farmdns/farmdns/health/consultest"
 )
 
 // server is a loopback listener that keeps every accepted connection so the
@@ -17,7 +19,7 @@ func listen(t testing.TB, network, addr string) *server {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
-		t.Skipf("listen %s %s: %v", network, addr, err)
+		consultest.Skipf(t, "listen %s %s: %v", network, addr, err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	return &server{ln: ln, port: uint16(ln.Addr().(*net.TCPAddr).Port)}
@@ -73,7 +75,7 @@ func newNetlinkCounter(t testing.TB, kernelFilter bool, ports ...uint16) *Counte
 		err = src.each(func(uint64) {})
 	}
 	if err != nil {
-		t.Skipf("netlink sock_diag unavailable: %v", err)
+		consultest.Skipf(t, "netlink sock_diag unavailable: %v", err)
 	}
 	c := &Counter{method: Netlink, src: src}
 	t.Cleanup(func() { c.Close() })

@@ -1,0 +1,88 @@
+package health_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/farmdns/farmdns/health"
+	"github.com/farmdns/farmdns/health/consultest"
+)
+
+// TestReadCatalog: the view holds nodes by lower-case name, every instance
+// (critical ones too) with its own and its node's check statuses, tags,
+// addresses and node meta, linked to the node.
+func TestReadCatalog(t *testing.T) {
+	a := consultest.Start(t)
+	a.Register(t, consultest.Instance{Node: "Web1", NodeAddress: "10.0.0.1", Service: "Web", ID: "web-1", Port: 80, Tags: []string{"Primary"}})
+	a.Register(t, consultest.Instance{Node: "n2", NodeAddress: "10.0.0.2", Service: "Web", ID: "web-2", Address: "2001:db8::2", Port: 81, Status: api.HealthCritical})
+	a.SetCheck(t, "Web1", "", "node-check", api.HealthWarning)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cat, err := health.ReadCatalog(ctx, a.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cat.Datacenter != "dc1" || cat.Index == 0 {
+		t.Fatalf("datacenter %q index %d", cat.Datacenter, cat.Index)
+	}
+	web := cat.Services["web"]
+	if len(web) != 2 {
+		t.Fatalf("web has %d instances, want 2 (critical ones included)", len(web))
+	}
+	byID := map[string]*health.CatalogInstance{}
+	for _, in := range web {
+		byID[in.ID] = in
+	}
+	w1, w2 := byID["web-1"], byID["web-2"]
+	if w1 == nil || w2 == nil {
+		t.Fatalf("instances %v", byID)
+	}
+	if w1.Node != cat.Nodes["web1"] || w1.Node.Address != "10.0.0.1" || !w1.HasTag("PRIMARY") || w1.Status() != health.HealthWarning {
+		t.Errorf("web-1: node %+v tags %v checks %v", w1.Node, w1.Tags, w1.Checks)
+	}
+	if w2.Address != "2001:db8::2" || w2.Port != 81 || w2.Status() != health.HealthCritical {
+		t.Errorf("web-2: %+v", w2)
+	}
+}
+
+// TestCatalogWatcherFollowsChanges: a registration, a check going critical
+// and a deregistration each reach the view without a restart.
+func TestCatalogWatcherFollowsChanges(t *testing.T) {
+	a := consultest.Start(t)
+	w := health.NewCatalogWatcher(health.CatalogWatcherConfig{WaitTime: 10 * time.Second, MinInterval: 10 * time.Millisecond},
+		a.Client, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	waitFor := func(what string, ok func(*health.Catalog) bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if c := w.Catalog(); c != nil && ok(c) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the view never showed %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor("the first read", func(*health.Catalog) bool { return true })
+	a.Register(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", ID: "web-1", Port: 80})
+	waitFor("the registration", func(c *health.Catalog) bool { return len(c.Services["web"]) == 1 })
+	a.SetCheck(t, "n1", "web-1", consultest.ServiceCheckID("web-1"), api.HealthCritical)
+	waitFor("the critical check", func(c *health.Catalog) bool {
+		return len(c.Services["web"]) == 1 && c.Services["web"][0].Status() == health.HealthCritical
+	})
+	a.Deregister(t, "n1", "web-1")
+	waitFor("the deregistration", func(c *health.Catalog) bool { return len(c.Services["web"]) == 0 })
+}

@@ -1,0 +1,6 @@
+//go:build !race
+
+package health_test
+
+// raceEnabled: the race detector multiplies CPU figures.
+const raceEnabled = false
