@@ -430,8 +430,14 @@ func TestAgentDamping(t *testing.T) {
 	w = h.puts.writes()[base:]
 	for i := 1; i < len(w); i++ {
 		gap := w[i].Sub(w[i-1])
-		// Request times jitter by a few ms around the agent's own clock.
-		if gap < minInterval-20*time.Millisecond {
+		// Request times jitter by a few ms around the agent's own clock, and
+		// on a loaded machine one request can arrive late, shortening the
+		// next gap: a gap is short only if the two around it are short too.
+		short := gap < minInterval-20*time.Millisecond
+		if i >= 2 && w[i].Sub(w[i-2]) >= 2*minInterval-20*time.Millisecond {
+			short = false
+		}
+		if short {
 			t.Errorf("write %d under churn came %v after the previous one, less than min_interval %v", i, gap, minInterval)
 		}
 		if gap > heartbeat {
