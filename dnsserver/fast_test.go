@@ -90,17 +90,22 @@ func TestParseFastRejectsUnusual(t *testing.T) {
 
 func BenchmarkServe(b *testing.B) {
 	st := testState(b)
+	opts := st.Options
+	opts.ECS = true
+	withECS := NewState(st.Zones, opts)
 	for _, bc := range []struct {
 		name string
 		q    *dns.Msg
+		st   *State
 	}{
-		{"fast/A", query("ns1.example.org.", dns.TypeA)},
-		{"fast/A-noedns", query("mail.example.org.", dns.TypeA, noEDNS)},
-		{"slow/nxdomain", query("nothere.example.org.", dns.TypeA)},
-		{"slow/wildcard", query("x.wild.example.org.", dns.TypeA)},
+		{"fast/A", query("ns1.example.org.", dns.TypeA), st},
+		{"fast/A-noedns", query("mail.example.org.", dns.TypeA, noEDNS), st},
+		{"fast/A-ecs", query("ns1.example.org.", dns.TypeA, withOption(ecsOpt(1, 24, 0, 192, 0, 2))), withECS},
+		{"slow/nxdomain", query("nothere.example.org.", dns.TypeA), st},
+		{"slow/wildcard", query("x.wild.example.org.", dns.TypeA), st},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			h := NewHandler(st, testLogger(b))
+			h := NewHandler(bc.st, testLogger(b))
 			wire, _ := bc.q.Pack()
 			buf := make([]byte, 65535)
 			w := discard{}
