@@ -240,3 +240,19 @@ func poolOutcome(t *testing.T, f *farm, name, outcome string) uint64 {
 	t.Fatalf("no pool %s", name)
 	return 0
 }
+
+// TestConfigECS: dns.ecs is on unless the config turns it off.
+func TestConfigECS(t *testing.T) {
+	for _, c := range []struct {
+		extra string
+		want  bool
+	}{{"", true}, {"  ecs: true\n", true}, {"  ecs: false\n", false}} {
+		_, st, err := load(writeConfig(t, strings.Replace(baseConfig, "dns:\n", "dns:\n"+c.extra, 1), goodZone))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Options.ECS != c.want {
+			t.Errorf("%q: ECS %v, want %v", c.extra, st.Options.ECS, c.want)
+		}
+	}
+}
