@@ -2,12 +2,15 @@ package dnsserver
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/farmdns/farmdns/policy"
 )
@@ -247,5 +250,47 @@ func TestParseECS(t *testing.T) {
 	}
 	if got := asker(netip.MustParseAddr("198.51.100.7"), subnet{}); got != netip.MustParsePrefix("198.51.100.0/24") {
 		t.Errorf("without ECS the asker is %v, not the querier's /24", got)
+	}
+}
+
+// TestECSSubnetNotLogged: with the query log on, and through the metrics,
+// the client subnets of ECS queries appear nowhere; the resolver's own
+// address is what the query log names.
+func TestECSSubnetNotLogged(t *testing.T) {
+	var logs strings.Builder
+	h := farm(t, Options{ECS: true}, nil, farmServices(), true)
+	h.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.SetQueryLog(1)
+	for _, fast := range []bool{true, false} {
+		for _, q := range []*dns.Msg{
+			query("farm.example.", dns.TypeA, withOption(ecsOpt(1, 24, 0, 203, 0, 113))),
+			query("_ws._tcp.farm.example.", dns.TypeSRV, withOption(ecsOpt(1, 24, 0, 203, 0, 113))),
+			query("mail.farm.example.", dns.TypeA, withOption(ecsOpt(2, 48, 0, 0x20, 1, 0xd, 0xb8, 0xec, 0x50))),
+			query("farm.example.", dns.TypeA, withOption(ecsOpt(1, 24, 0, 203, 0, 113)), func(m *dns.Msg) { m.Opcode = 9 }),
+		} {
+			if !fast {
+				h.State().prepared = nil
+			}
+			var rec recorder
+			h.serve(&rec, make([]byte, 65535), request{wire: mustPack(t, q), remote: netip.MustParseAddr("198.51.100.7")})
+		}
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(h.Collector(), h.PoolCollector())
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := fmt.Sprint(families)
+	if !strings.Contains(logs.String(), "198.51.100.7") {
+		t.Fatalf("the query log did not log the queries:\n%s", logs.String())
+	}
+	for _, subnet := range []string{"203.0.113", "2001:db8:ec50"} {
+		if strings.Contains(logs.String(), subnet) {
+			t.Errorf("the log names the client subnet %s:\n%s", subnet, logs.String())
+		}
+		if strings.Contains(metrics, subnet) {
+			t.Errorf("the metrics name the client subnet %s", subnet)
+		}
 	}
 }
