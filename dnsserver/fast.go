@@ -211,9 +211,9 @@ func parseFast(msg []byte, key *[255]byte) (q fastQuery, ok bool) {
 
 // fastOption reports whether the slow path accepts an option with this code
 // whatever its content, so that the fast path may skip it unread. miekg/dns
-// rejects some malformed options (an ECS of an unknown family, say), which
-// the slow path answers FORMERR; those, and codes it may learn to parse
-// later, take the slow path.
+// rejects some malformed options (a TCP keepalive of the wrong length, say),
+// which the slow path answers FORMERR; those, and codes it may learn to
+// parse later, take the slow path. ECS is read by parseFast itself.
 func fastOption(code uint16) bool {
 	switch code {
 	case dns.EDNS0NSID, dns.EDNS0DAU, dns.EDNS0DHU, dns.EDNS0N3U, dns.EDNS0COOKIE, dns.EDNS0PADDING:

@@ -201,17 +201,18 @@ func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo)
 		}
 	}
 	if len(m.Question) == 1 && m.Opcode == dns.OpcodeQuery {
-		// A broken OPT or ECS option is answered by answer, as for any name.
-		opt, ecs, rcode := checkEDNS(m, req.wire, st)
-		if rrs, ok := h.statusTXT(st, m.Question[0], req.remote); ok && rcode == dns.RcodeSuccess {
-			r := reply(m)
-			r.Authoritative, r.Answer = true, rrs
-			out, err := pack(withOPT(r, opt, ecs, st), buf, limit(m, req.tcp, st.Options.MaxUDPSize), 0)
-			if err != nil {
-				out = headerOnly(buf, req.wire, dns.RcodeServerFailure)
+		if rrs, ok := h.statusTXT(st, m.Question[0], req.remote); ok {
+			// A broken OPT or ECS option is answered below, as for any name.
+			if opt, ecs, rcode := checkEDNS(m, req.wire, st); rcode == dns.RcodeSuccess {
+				r := reply(m)
+				r.Authoritative, r.Answer = true, rrs
+				out, err := pack(withOPT(r, opt, ecs, st), buf, limit(m, req.tcp, st.Options.MaxUDPSize), 0)
+				if err != nil {
+					out = headerOnly(buf, req.wire, dns.RcodeServerFailure)
+				}
+				info.zone, info.truncated = strings.ToLower(m.Question[0].Name[len(statusLabel):]), r.Truncated
+				return out, info
 			}
-			info.zone, info.truncated = strings.ToLower(m.Question[0].Name[len(statusLabel):]), r.Truncated
-			return out, info
 		}
 	}
 	resp, zone, dynamic := answer(st, m, req)
