@@ -131,14 +131,18 @@ func unboundBinary(t *testing.T) string {
 // cache per subnet.
 func startUnbound(t *testing.T, bin, upstream string, ecs bool) string {
 	t.Helper()
-	dir := t.TempDir()
-	port := freePort(t)
 	host, upPort, _ := net.SplitHostPort(upstream)
 	modules := `module-config: "validator iterator"`
 	if ecs {
 		modules = fmt.Sprintf("module-config: \"subnetcache validator iterator\"\n  send-client-subnet: %s\n  max-client-subnet-ipv4: 24", host)
 	}
-	conf := fmt.Sprintf(`server:
+	// The port was free a moment ago; if another process took it since,
+	// unbound exits, and another port is tried.
+	var logs string
+	for range 3 {
+		dir := t.TempDir()
+		port := freePort(t)
+		conf := fmt.Sprintf(`server:
   interface: 127.0.0.1
   port: %d
   do-ip6: no
@@ -161,40 +165,57 @@ stub-zone:
   name: "farm.example.com."
   stub-addr: %s@%s
 `, port, dir, filepath.Join(dir, "unbound.pid"), modules, host, upPort)
-	path := filepath.Join(dir, "unbound.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
+		path := filepath.Join(dir, "unbound.conf")
+		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+		var ok bool
+		if logs, ok = runUnbound(t, bin, path, addr); ok {
+			return addr
+		}
 	}
-	var logs strings.Builder
+	t.Fatalf("unbound exited three times; its log:\n%s", logs)
+	return ""
+}
+
+// runUnbound starts unbound with the config at path, stopped when the test
+// ends, and waits until it answers at addr. ok is false if it exited
+// first, with its log.
+func runUnbound(t *testing.T, bin, path, addr string) (logs string, ok bool) {
+	t.Helper()
+	var out strings.Builder // written by one goroutine of exec's; read once unbound has exited
 	cmd := exec.Command(bin, "-d", "-c", path)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
+	stop := func() string {
 		cmd.Process.Kill()
 		<-exited
-		if t.Failed() {
-			t.Logf("unbound's log:\n%s", logs.String())
-		}
-	})
-	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+		return out.String()
+	}
 	deadline := time.Now().Add(15 * time.Second)
 	c := &dns.Client{Timeout: 500 * time.Millisecond}
 	for {
 		select {
 		case <-exited:
-			t.Fatalf("unbound exited: %s", logs.String())
+			return out.String(), false
 		default:
 		}
 		// A static name: the pools' ledgers must not count this.
 		if r, _, err := c.Exchange(new(dns.Msg).SetQuestion("www.farm.example.com.", dns.TypeA), addr); err == nil && r.Rcode == dns.RcodeSuccess {
-			return addr
+			t.Cleanup(func() {
+				if logs := stop(); t.Failed() {
+					t.Logf("unbound's log:\n%s", logs)
+				}
+			})
+			return "", true
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("unbound did not answer within 15s: %s", logs.String())
+			t.Fatalf("unbound did not answer within 15s; its log:\n%s", stop())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
