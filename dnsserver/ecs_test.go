@@ -294,3 +294,25 @@ func TestECSSubnetNotLogged(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkServePoolECS is BenchmarkServePool through one resolver whose
+// queries carry the subnets of many client networks.
+func BenchmarkServePoolECS(b *testing.B) {
+	services := farmServices()
+	for i := range 1000 {
+		services["ws"] = append(services["ws"], target(fmt.Sprintf("m%d", i), fmt.Sprintf("10.0.%d.%d", i/256, i%256), int64(i), nil))
+	}
+	h := farm(b, Options{ECS: true}, nil, services, true)
+	var wires [4096][]byte
+	for i := range wires {
+		wires[i], _ = query("farm.example.", dns.TypeA, withOption(ecsOpt(1, 24, 0, 10, byte(i>>8), byte(i)))).Pack()
+	}
+	buf := make([]byte, 65535)
+	resolver := netip.MustParseAddr("198.51.100.7")
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		h.serve(discard{}, buf, request{wire: wires[i%len(wires)], remote: resolver})
+		i++
+	}
+}
