@@ -1,6 +1,6 @@
 # farmdns: `make test` installs what the tests need and runs them all.
 GO ?= go
-APT_PACKAGES := knot dnsutils dnsperf prometheus chromium
+APT_PACKAGES := knot dnsutils dnsperf prometheus chromium unbound
 
 .PHONY: test test-deps check build run bench fuzz demo
 
@@ -8,6 +8,7 @@ test: test-deps check
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 # External peers the tests run for real: Knot DNS (differential test), dig,
+# unbound (a caching resolver in front of farmdns: TTL 0, ECS),
 # dnsperf (benchmarks) from Debian, and a pinned Consul built from the Go
 # module proxy into ~/.cache/farmdns (Debian has no Consul package).
 test-deps:

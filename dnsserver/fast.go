@@ -124,6 +124,7 @@ type fastQuery struct {
 	edns     bool
 	udpSize  uint16
 	do, nsid bool
+	ecs      subnet // checked; the caller clears it when ECS is off
 }
 
 // parseFast reads a plain query: QUERY opcode, one question of class IN with
@@ -189,7 +190,15 @@ func parseFast(msg []byte, key *[255]byte) (q fastQuery, ok bool) {
 			if o+4+l > rdEnd {
 				return q, false
 			}
-			if !fastOption(code) {
+			if code == dns.EDNS0SUBNET {
+				// Checked as the slow path checks it; a malformed or second
+				// one is FORMERR, which the slow path answers.
+				e, ok := parseECS(msg[o+4 : o+4+l])
+				if !ok || q.ecs.sent {
+					return q, false
+				}
+				q.ecs = e
+			} else if !fastOption(code) {
 				return q, false
 			}
 			q.nsid = q.nsid || code == dns.EDNS0NSID
@@ -202,9 +211,9 @@ func parseFast(msg []byte, key *[255]byte) (q fastQuery, ok bool) {
 
 // fastOption reports whether the slow path accepts an option with this code
 // whatever its content, so that the fast path may skip it unread. miekg/dns
-// rejects some malformed options (an ECS of an unknown family, say), which
-// the slow path answers FORMERR; those, and codes it may learn to parse
-// later, take the slow path.
+// rejects some malformed options (a TCP keepalive of the wrong length, say),
+// which the slow path answers FORMERR; those, and codes it may learn to
+// parse later, take the slow path. ECS is read by parseFast itself.
 func fastOption(code uint16) bool {
 	switch code {
 	case dns.EDNS0NSID, dns.EDNS0DAU, dns.EDNS0DHU, dns.EDNS0N3U, dns.EDNS0COOKIE, dns.EDNS0PADDING:
@@ -233,9 +242,12 @@ func fastAnswer(st *State, buf []byte, req request) (out []byte, info replyInfo,
 		return nil, info, false
 	}
 	info = replyInfo{answered: true, zone: a.zone, qtype: a.qtype, rcode: int(a.flags & 0xF), fast: true}
+	if !st.Options.ECS {
+		q.ecs = subnet{} // ignored, as the slow path does
+	}
 	optLen := 0
 	if q.edns {
-		optLen = 11
+		optLen = 11 + q.ecs.len()
 		if nsid := st.Options.nsid(); q.nsid && nsid != "" {
 			optLen += 4 + len(nsid)
 		}
@@ -251,7 +263,7 @@ func fastAnswer(st *State, buf []byte, req request) (out []byte, info replyInfo,
 	out = appendHeader(buf[:0], req.wire, q, a.flags, a.an, a.ns, a.ar)
 	out = append(out, a.body...)
 	if q.edns {
-		out = appendOPT(out, st, q)
+		out = appendOPT(out, st, q, q.ecs) // scope 0: the same answer for every client
 	}
 	return out, info, true
 }
@@ -283,13 +295,15 @@ func fastPool(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer
 		return nil, 0, false
 	}
 	var dst [policy.MaxAnswers]int
-	c := choose(st.pools[a.pool], dst[:0:min(fit, policy.MaxAnswers)], q.qtype, req.remote)
+	c := choose(st.pools[a.pool], dst[:0:min(fit, policy.MaxAnswers)], q.qtype, asker(req.remote, q.ecs))
 	var out []byte
 	rcode := dns.RcodeSuccess
+	ecs := q.ecs
 	switch c.outcome {
 	case policy.OutcomeAnswer, policy.OutcomeFailOpen:
 		out = appendHeader(buf[:0], req.wire, q, 1<<10, uint16(len(c.picked)), 0, 0)
 		out, _ = c.appendAddressRecords(out, len(c.picked))
+		ecs = ecs.dependent() // see answerIn
 	case policy.OutcomeNoData:
 		out = appendHeader(buf[:0], req.wire, q, a.flags, a.an, a.ns, a.ar)
 		out = append(out, a.body...)
@@ -298,13 +312,14 @@ func fastPool(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer
 		out = appendHeader(buf[:0], req.wire, q, uint16(rcode), 0, 0, 0)
 	}
 	if q.edns {
-		out = appendOPT(out, st, q)
+		out = appendOPT(out, st, q, ecs)
 	}
 	return out, rcode, true
 }
 
-// appendOPT appends our OPT record, as responseOPT builds it for the slow path.
-func appendOPT(out []byte, st *State, q fastQuery) []byte {
+// appendOPT appends our OPT record, as responseOPT builds it for the slow
+// path, with ecs echoed if the query sent one.
+func appendOPT(out []byte, st *State, q fastQuery, ecs subnet) []byte {
 	size := st.Options.MaxUDPSize
 	if size == 0 {
 		size = DefaultMaxUDPSize
@@ -318,13 +333,24 @@ func appendOPT(out []byte, st *State, q fastQuery) []byte {
 		doBit = 0x80
 	}
 	out = append(out, doBit, 0)
-	if nsid := st.Options.nsid(); q.nsid && nsid != "" {
-		out = binary.BigEndian.AppendUint16(out, uint16(4+len(nsid)))
+	rdlen := ecs.len()
+	nsid := st.Options.nsid()
+	if !q.nsid {
+		nsid = ""
+	}
+	if nsid != "" {
+		rdlen += 4 + len(nsid)
+	}
+	out = binary.BigEndian.AppendUint16(out, uint16(rdlen))
+	if nsid != "" {
 		out = binary.BigEndian.AppendUint16(out, dns.EDNS0NSID)
 		out = binary.BigEndian.AppendUint16(out, uint16(len(nsid)))
-		return append(out, nsid...)
+		out = append(out, nsid...)
 	}
-	return binary.BigEndian.AppendUint16(out, 0)
+	if ecs.sent {
+		out = appendECS(out, ecs)
+	}
+	return out
 }
 
 // fastLimit is limit for a query read by parseFast.

@@ -1,7 +1,9 @@
 package dnsserver
 
 import (
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -88,17 +90,22 @@ func TestParseFastRejectsUnusual(t *testing.T) {
 
 func BenchmarkServe(b *testing.B) {
 	st := testState(b)
+	opts := st.Options
+	opts.ECS = true
+	withECS := NewState(st.Zones, opts)
 	for _, bc := range []struct {
 		name string
 		q    *dns.Msg
+		st   *State
 	}{
-		{"fast/A", query("ns1.example.org.", dns.TypeA)},
-		{"fast/A-noedns", query("mail.example.org.", dns.TypeA, noEDNS)},
-		{"slow/nxdomain", query("nothere.example.org.", dns.TypeA)},
-		{"slow/wildcard", query("x.wild.example.org.", dns.TypeA)},
+		{"fast/A", query("ns1.example.org.", dns.TypeA), st},
+		{"fast/A-noedns", query("mail.example.org.", dns.TypeA, noEDNS), st},
+		{"fast/A-ecs", query("ns1.example.org.", dns.TypeA, withOption(ecsOpt(1, 24, 0, 192, 0, 2))), withECS},
+		{"slow/nxdomain", query("nothere.example.org.", dns.TypeA), st},
+		{"slow/wildcard", query("x.wild.example.org.", dns.TypeA), st},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			h := NewHandler(st, testLogger(b))
+			h := NewHandler(bc.st, testLogger(b))
 			wire, _ := bc.q.Pack()
 			buf := make([]byte, 65535)
 			w := discard{}
@@ -248,31 +255,56 @@ func TestFastPathEqualsSlowPathPools(t *testing.T) {
 		"edns": func(*dns.Msg) {}, "noedns": noEDNS, "do": withDO, "rd": withRD, "nsid": withOption(optionVariants()["nsid"]),
 		"small nsid": func(m *dns.Msg) { small(m); withOption(optionVariants()["nsid"])(m) },
 		"cookie":     withOption(optionVariants()["cookie"]), "bad ecs": withOption(optionVariants()["ecs family 256"]),
+		"ecs /0": withOption(ecsOpt(1, 0, 0)), "ecs family 0": withOption(ecsOpt(0, 0, 0)),
+		"small ecs nsid": func(m *dns.Msg) {
+			small(m)
+			withOption(optionVariants()["nsid"])(m)
+			withOption(ecsOpt(2, 128, 0, 0x20, 1, 0xd, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12))(m)
+		},
+	}
+	for what, edit := range malformedECS() {
+		variants["malformed ecs "+what] = edit
+	}
+	// ECS whose client networks are new for every question, as the
+	// queriers are (see below).
+	ecsVariants := map[string]func(i int) func(*dns.Msg){
+		"ecs v4/24": func(i int) func(*dns.Msg) { return withOption(ecsOpt(1, 24, 0, 10, byte(i>>8), byte(i))) },
+		"ecs v4/32": func(i int) func(*dns.Msg) { return withOption(ecsOpt(1, 32, 0, 10, byte(i>>8), byte(i), 7)) },
+		"ecs v4/20": func(i int) func(*dns.Msg) { return withOption(ecsOpt(1, 20, 0, byte(i>>8), byte(i), 0x30)) },
+		"ecs v6/64": func(i int) func(*dns.Msg) {
+			return withOption(ecsOpt(2, 64, 0, 0x20, 1, 0xd, 0xb8, byte(i>>8), byte(i), 0, 1))
+		},
 	}
 	for _, c := range []struct {
 		name     string
 		onEmpty  policy.OnEmpty
 		services map[string][]health.Target
+		ecsOff   bool
 	}{
-		{"answers", policy.EmptyFailOpen, farmServices()},
-		{"fail-open", policy.EmptyFailOpen, critical},
-		{"nodata", policy.EmptyNoData, critical},
-		{"servfail", policy.EmptyServFail, critical},
-		{"no snapshot yet", policy.EmptyFailOpen, nil},
+		{"answers", policy.EmptyFailOpen, farmServices(), false},
+		{"answers, ecs off", policy.EmptyFailOpen, farmServices(), true},
+		{"fail-open", policy.EmptyFailOpen, critical, false},
+		{"nodata", policy.EmptyNoData, critical, false},
+		{"servfail", policy.EmptyServFail, critical, false},
+		{"no snapshot yet", policy.EmptyFailOpen, nil, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			edit := func(p *policy.Config) {
 				p.Policy, p.Answers, p.OnEmpty = policy.RoundRobin, 3, c.onEmpty
 				p.TTL, p.TTLJitter = 7*time.Second, 0
 			}
-			opts := Options{NSID: strings.Repeat("n", MaxNSID)}
+			opts := Options{NSID: strings.Repeat("n", MaxNSID), ECS: !c.ecsOff}
 			fast, slow := farm(t, opts, edit, c.services, true), farm(t, opts, edit, c.services, false)
-			i, fastPool := 0, 0
+			i, fastPool, fastECS := 0, 0, 0
 			for _, name := range names {
 				for _, qt := range types {
-					for vname, v := range variants {
+					for _, vname := range slices.Concat(slices.Collect(maps.Keys(variants)), slices.Collect(maps.Keys(ecsVariants))) {
 						for _, tcp := range []bool{false, true} {
 							i++
+							v := variants[vname]
+							if ev := ecsVariants[vname]; ev != nil {
+								v = ev(i)
+							}
 							// Every asker new; odd ones may not see _status.
 							remote := netip.AddrFrom4([4]byte{127, byte(i >> 8), byte(i), 1})
 							if i%2 == 1 {
@@ -286,15 +318,18 @@ func TestFastPathEqualsSlowPathPools(t *testing.T) {
 							}
 							if fi.fast && len(addrs(f)) > 0 {
 								fastPool++
+								if e := replyECS(t, f); e != nil && e.SourceScope > 0 {
+									fastECS++
+								}
 							}
 						}
 					}
 				}
 			}
-			if c.name == "answers" && fastPool == 0 {
-				t.Error("no pool answer came from the fast path")
+			if c.name == "answers" && (fastPool == 0 || fastECS == 0) {
+				t.Errorf("%d pool answers came from the fast path, %d with an ECS scope", fastPool, fastECS)
 			}
-			t.Logf("%d questions, %d pool answers from the fast path", i, fastPool)
+			t.Logf("%d questions, %d pool answers from the fast path, %d with an ECS scope", i, fastPool, fastECS)
 		})
 	}
 }

@@ -34,6 +34,10 @@ type Options struct {
 	TransferFrom []netip.Prefix
 	// StatusFrom lists the clients that may ask TXT _status.<zone>.
 	StatusFrom []netip.Prefix
+	// ECS makes a query's EDNS Client Subnet option (RFC 7871) the asker
+	// of a pool's choice, and echoes it with the scope the answer depends
+	// on; off, the option is ignored. A malformed one is FORMERR either way.
+	ECS bool
 }
 
 // DefaultMaxUDPSize is the default of Options.MaxUDPSize.
@@ -203,15 +207,17 @@ func (h *Handler) respond(w writer, buf []byte, req request) ([]byte, replyInfo)
 	}
 	if len(m.Question) == 1 && m.Opcode == dns.OpcodeQuery {
 		if rrs, ok := h.statusTXT(st, m.Question[0], req.remote); ok {
-			opt, _ := checkEDNS(m)
-			r := reply(m)
-			r.Authoritative, r.Answer = true, rrs
-			out, err := pack(withOPT(r, opt, st), buf, limit(m, req.tcp, st.Options.MaxUDPSize), 0)
-			if err != nil {
-				out = headerOnly(buf, req.wire, dns.RcodeServerFailure)
+			// A broken OPT or ECS option is answered below, as for any name.
+			if opt, ecs, rcode := checkEDNS(m, req.wire, st); rcode == dns.RcodeSuccess {
+				r := reply(m)
+				r.Authoritative, r.Answer = true, rrs
+				out, err := pack(withOPT(r, opt, ecs, st), buf, limit(m, req.tcp, st.Options.MaxUDPSize), 0)
+				if err != nil {
+					out = headerOnly(buf, req.wire, dns.RcodeServerFailure)
+				}
+				info.zone, info.truncated = strings.ToLower(m.Question[0].Name[len(statusLabel):]), r.Truncated
+				return out, info
 			}
-			info.zone, info.truncated = strings.ToLower(m.Question[0].Name[len(statusLabel):]), r.Truncated
-			return out, info
 		}
 	}
 	resp, zone, dynamic := answer(st, m, req)

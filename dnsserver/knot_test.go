@@ -261,6 +261,17 @@ func corpus(t *testing.T) []probe {
 	add("udp", query("example.org.", dns.TypeA, func(m *dns.Msg) { m.IsEdns0().SetVersion(1) }))
 	add("udp", query("nothere.example.org.", dns.TypeA, withDO, func(m *dns.Msg) { m.IsEdns0().SetVersion(2) }))
 	add("udp", query("example.org.", dns.TypeA, func(m *dns.Msg) { m.IsEdns0().SetUDPSize(65535) }))
+	// EDNS Client Subnet, which Knot ignores by default, as farmdns does
+	// with dns.ecs off (testState): the same answers, no option echoed.
+	// A malformed one is FORMERR here (see allowedDifference).
+	for _, o := range []dns.EDNS0{ecsOpt(1, 24, 0, 192, 0, 2), ecsOpt(1, 32, 0, 192, 0, 2, 1), ecsOpt(2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 1),
+		ecsOpt(1, 0, 0), ecsOpt(0, 0, 0)} {
+		add("udp", query("www.example.org.", dns.TypeA, withOption(o)))
+		add("tcp", query("nothere.example.org.", dns.TypeA, withOption(o)))
+	}
+	for _, edit := range malformedECS() {
+		add("udp", query("www.example.org.", dns.TypeA, edit))
+	}
 	// Transfers from a client that may not transfer.
 	add("tcp", query("example.org.", dns.TypeAXFR))
 	add("tcp", query("www.example.org.", dns.TypeAXFR))
@@ -295,6 +306,7 @@ func compareMsgs(p probe, ours, knot *dns.Msg) []string {
 		check("DO", oo.Do(), ko.Do())
 		check("EDNS version", oo.Version(), ko.Version())
 		check("NSID", nsid(oo), nsid(ko))
+		check("ECS", ecsText(oo), ecsText(ko))
 	}
 	if ours.Truncated && knot.Truncated {
 		return d // both say: ask again over TCP; what fits is theirs to choose
@@ -303,6 +315,15 @@ func compareMsgs(p probe, ours, knot *dns.Msg) []string {
 	check("authority", rrSet(ours.Ns), rrSet(knot.Ns))
 	check("additional", rrSet(ours.Extra), rrSet(knot.Extra))
 	return d
+}
+
+func ecsText(o *dns.OPT) string {
+	for _, e := range o.Option {
+		if n, ok := e.(*dns.EDNS0_SUBNET); ok {
+			return n.String()
+		}
+	}
+	return ""
 }
 
 func nsid(o *dns.OPT) string {
@@ -334,6 +355,14 @@ func allowedDifference(p probe, ours, knot *dns.Msg) bool {
 		// RFC 5936 section 2.2.1: a refused transfer is NOTAUTH or REFUSED.
 		refused := func(r *dns.Msg) bool { return r.Rcode == dns.RcodeRefused || r.Rcode == dns.RcodeNotAuth }
 		return refused(ours) && refused(knot)
+	}
+	if wire, err := p.msg.Pack(); err == nil {
+		if _, ok := queryECS(wire); !ok {
+			// RFC 7871 section 6: a malformed ECS option is FORMERR. Knot,
+			// which does not do ECS unless a module asks, answers as if
+			// it were not there.
+			return ours.Rcode == dns.RcodeFormatError && knot.Rcode == dns.RcodeSuccess
+		}
 	}
 	return false
 }

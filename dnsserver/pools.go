@@ -150,7 +150,7 @@ type choice struct {
 // choose asks the pool of slot for the records of one answer, at most
 // cap(dst) of them: the room the reply has (policy.MaxAnswers for all
 // the pool may give), so that the ledger counts only records sent.
-func choose(s *poolSlot, dst []int, qtype uint16, client netip.Addr) choice {
+func choose(s *poolSlot, dst []int, qtype uint16, who netip.Prefix) choice {
 	fam := policy.IPv4
 	switch qtype {
 	case dns.TypeAAAA:
@@ -162,25 +162,23 @@ func choose(s *poolSlot, dst []int, qtype uint16, client netip.Addr) choice {
 	if p == nil {
 		return choice{outcome: policy.OutcomeNoData}
 	}
-	picked, ttl, out := p.ChooseN(dst, fam, clientKey(client, s.spec.Name), time.Now().UnixNano(), cap(dst))
+	picked, ttl, out := p.ChooseN(dst, fam, clientKey(who, s.spec.Name), time.Now().UnixNano(), cap(dst))
 	s.outcomes[out].Add(1)
 	return choice{picked: picked, ttl: ttl, outcome: out, pool: p}
 }
 
-// clientKey names the asker for the policy's sticky choice: the client's
-// /24 (IPv4) or /56 (IPv6), so that one resolver's A and AAAA queries for
-// the same name get the same nodes. Nothing is allocated.
-func clientKey(a netip.Addr, name string) uint64 {
-	b := a.Unmap().As16()
-	if a.Unmap().Is4() {
-		b[15] = 0
-	} else {
-		clear(b[7:])
-	}
-	h := uint64(14695981039346656037) // FNV-1a
+// clientKey names the asker for the policy's sticky choice: the network
+// asker returns (a querier's /24 or /56, or the client subnet of its ECS
+// option) and the name. The prefix length is part of the key, so an ECS
+// /16 is not the /24 of the same first octets. Nothing is allocated.
+func clientKey(who netip.Prefix, name string) uint64 {
+	b := who.Addr().As16() // zeros for the zero Addr
+	// FNV-1a
+	h := uint64(14695981039346656037)
 	for _, c := range b {
 		h = (h ^ uint64(c)) * 1099511628211
 	}
+	h = (h ^ uint64(who.Bits()+1)) * 1099511628211
 	for i := 0; i < len(name); i++ {
 		h = (h ^ uint64(name[i])) * 1099511628211
 	}

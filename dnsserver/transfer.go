@@ -19,7 +19,7 @@ func (h *Handler) transferZone(st *State, q *dns.Msg, req request) (*zones.Zone,
 	if !allowed(st.Options.TransferFrom, req.remote) {
 		return nil, dns.RcodeRefused
 	}
-	if _, rcode := checkEDNS(q); rcode != dns.RcodeSuccess || q.Question[0].Qclass != dns.ClassINET {
+	if _, _, rcode := checkEDNS(q, req.wire, st); rcode != dns.RcodeSuccess || q.Question[0].Qclass != dns.ClassINET {
 		return nil, dns.RcodeSuccess
 	}
 	lname := strings.ToLower(q.Question[0].Name)
@@ -39,7 +39,7 @@ const transferChunk = 16 << 10
 // again, in as many messages as it takes. An IXFR is answered the same way,
 // which RFC 1995 section 4 allows.
 func transfer(w writer, buf []byte, q *dns.Msg, z *zones.Zone) {
-	opt, _ := checkEDNS(q)
+	opt, _ := checkOPT(q)
 	records := append(z.All(), z.SOA())
 	first := true
 	for len(records) > 0 {
@@ -56,7 +56,7 @@ func transfer(w writer, buf []byte, q *dns.Msg, z *zones.Zone) {
 		}
 		r.Answer, records = records[:n], records[n:]
 		if opt != nil {
-			r.Extra = []dns.RR{responseOPT(opt, nil, dns.RcodeSuccess)}
+			r.Extra = []dns.RR{responseOPT(opt, nil, dns.RcodeSuccess, subnet{})}
 		}
 		out, err := r.PackBuffer(buf)
 		if err != nil || w.write(out) != nil {

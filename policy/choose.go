@@ -197,6 +197,9 @@ func (p *Pool) account(dst []int, now int64, size float64) {
 // answer sends to its first record.
 func (p *Pool) ttl(r *rng) uint32 {
 	t := p.cfg.TTL.Seconds()
+	if t == 0 {
+		return 0 // ttl: 0s: no resolver caches the answer, every client gets a choice
+	}
 	if j := p.cfg.TTLJitter; j > 0 {
 		lo, hi := math.Ceil(t*(1-j)), math.Floor(t*(1+j))
 		x := math.Floor(t*(1+j*(2*r.float()-1)) + r.float())

@@ -120,7 +120,7 @@ type Config struct {
 	// Answers is the number of records per answer (A and AAAA alike), 1 to
 	// MaxAnswers. In shards mode it bounds the LBs named per answer.
 	Answers int
-	// TTL is the answers' time to live, a whole number of seconds, at least 1 s.
+	// TTL is the answers' time to live, a whole number of seconds; 0: uncached.
 	TTL time.Duration
 	// Policy selects the targets (nodes mode) or the shard (shards mode).
 	Policy Kind
@@ -192,8 +192,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("mode: invalid value %d", c.Mode)
 	case c.Answers < 1 || c.Answers > MaxAnswers:
 		return fmt.Errorf("answers: %d is not between 1 and %d", c.Answers, MaxAnswers)
-	case c.TTL < time.Second || c.TTL%time.Second != 0 || c.TTL > 24*time.Hour:
-		return fmt.Errorf("ttl: %s is not a whole number of seconds between 1s and 24h", c.TTL)
+	case c.TTL < 0 || c.TTL%time.Second != 0 || c.TTL > 24*time.Hour:
+		return fmt.Errorf("ttl: %s is not a whole number of seconds between 0s and 24h", c.TTL)
 	case c.Policy > NaiveLeastLoaded:
 		return fmt.Errorf("policy: invalid value %d", c.Policy)
 	case c.Capacity < 0:
@@ -214,7 +214,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("spread: %v is not between 0 and 0.5", c.Spread)
 	case c.Candidates < 2 || c.Candidates > 1024:
 		return fmt.Errorf("candidates: %d is not between 2 and 1024", c.Candidates)
-	case c.StickyWindow < 0 || c.StickyWindow >= c.TTL:
+	case c.StickyWindow < 0 || c.StickyWindow >= max(c.TTL, time.Second):
 		return fmt.Errorf("sticky_window: %s is not between 0 and the TTL (%s)", c.StickyWindow, c.TTL)
 	case c.LearnWindow < time.Second:
 		return fmt.Errorf("learn_window: %s is under 1s", c.LearnWindow)

@@ -21,7 +21,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"mode", func(c *Config) { c.Mode = 7 }},
 		{"answers", func(c *Config) { c.Answers = 0 }},
 		{"answers", func(c *Config) { c.Answers = MaxAnswers + 1 }},
-		{"ttl", func(c *Config) { c.TTL = 0 }},
+		{"ttl", func(c *Config) { c.TTL = -time.Second }},
 		{"ttl", func(c *Config) { c.TTL = 1500 * time.Millisecond }},
 		{"policy", func(c *Config) { c.Policy = 9 }},
 		{"capacity", func(c *Config) { c.Capacity = -1 }},
@@ -68,5 +68,21 @@ func TestUnmarshalText(t *testing.T) {
 	}
 	if err := m.UnmarshalText([]byte("Nodes")); err == nil {
 		t.Error("Nodes accepted")
+	}
+}
+
+// TestTTLZero: ttl: 0s is valid, and every answer carries TTL 0, jitter or
+// not: nothing caches it, so each client gets a choice of its own.
+func TestTTLZero(t *testing.T) {
+	c := testConfig()
+	c.TTL, c.TTLJitter = 0, 0.5
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPool(c, targets(3), nil, nil, t0)
+	for i := range 20 {
+		if _, ttl, out := p.Choose(make([]int, 0, MaxAnswers), IPv4, uint64(i), at(time.Duration(i)*time.Second)); ttl != 0 || out != OutcomeAnswer {
+			t.Fatalf("answer %d: TTL %d, %v", i, ttl, out)
+		}
 	}
 }

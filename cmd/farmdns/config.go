@@ -64,6 +64,12 @@ type DNSConfig struct {
 	TransferAllow []string `yaml:"transfer_allow"`
 	// StatusAllow lists who may ask TXT _status.<zone>; default: loopback.
 	StatusAllow []string `yaml:"status_allow"`
+	// ECS makes the client subnet of a query's EDNS Client Subnet option
+	// the asker of a pool's choice (dnsserver.Options.ECS). Default on: a
+	// resolver sends ECS only to servers it is configured or has learnt to
+	// send it to, and one that does so wants per-network answers; only pool
+	// answers carry a nonzero scope, so static names cache as before.
+	ECS *bool `yaml:"ecs"`
 	// RRL is response rate limiting; off unless responses_per_second is set.
 	RRL RRLConfig `yaml:"rrl"`
 }
@@ -217,6 +223,10 @@ func (c *Config) setDefaults() {
 	}
 	if c.DNS.MaxUDPSize == 0 {
 		c.DNS.MaxUDPSize = dnsserver.DefaultMaxUDPSize
+	}
+	if c.DNS.ECS == nil {
+		on := true
+		c.DNS.ECS = &on
 	}
 	if c.DNS.TCPIdleTimeout == 0 {
 		c.DNS.TCPIdleTimeout = 10 * time.Second
@@ -550,6 +560,7 @@ func buildState(c *Config) (*dnsserver.State, error) {
 		NSID:       *c.DNS.NSID,
 		MaxUDPSize: uint16(c.DNS.MaxUDPSize),
 		Version:    c.DNS.Version,
+		ECS:        *c.DNS.ECS,
 	}
 	if *c.DNS.Identity != "" {
 		opts.Identity = c.DNS.Identity
