@@ -48,6 +48,12 @@ func TestClosedLoopConsulDNSBalance(t *testing.T) {
 	for i := 1; i <= nodes; i++ {
 		registerNode(t, f.consul, i, 0)
 	}
+	// Ask only once the view holds every node: a node that joins a pool
+	// already asked for starts a slow start, which would last the run.
+	eventually(t, 10*time.Second, "all nodes in the catalog view", func() bool {
+		c := f.srv.catalogs.Catalog()
+		return c != nil && len(c.Services["ws"]) == nodes
+	})
 	eventually(t, 10*time.Second, "all nodes in the Consul DNS answers", func() bool {
 		seen := map[string]bool{}
 		for i := range 40 {
