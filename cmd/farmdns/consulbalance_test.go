@@ -14,6 +14,8 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/farmdns/farmdns/dnsserver"
+	"github.com/farmdns/farmdns/dnsserver/consuldns"
 	"github.com/farmdns/farmdns/health"
 )
 
@@ -162,4 +164,30 @@ func (r *consulResolver) resolve(server, name string, now time.Time) ([]string, 
 	}
 	r.until = now.Add(time.Duration(ttl) * time.Second)
 	return r.addrs, nil
+}
+
+// TestConsulDNSLedgerKeptOnReload: a reload that keeps policy and answers
+// keeps the Balanced, and with it the ledgers; one that changes them starts
+// afresh.
+func TestConsulDNSLedgerKeptOnReload(t *testing.T) {
+	slot := &catalogSlot{}
+	attach := func(block string) *consuldns.Balanced {
+		t.Helper()
+		cfg, err := parseConfig([]byte("consul:\n  address: 127.0.0.1:8500\n" + block))
+		if err != nil {
+			t.Fatal(err)
+		}
+		attachConsulDNS(&dnsserver.State{}, cfg, slot)
+		return slot.balanced
+	}
+	first := attach("consul_dns:\n  answers: 3\n")
+	if first == nil {
+		t.Fatal("answers: 3 built no Balanced")
+	}
+	if again := attach("consul_dns:\n  answers: 3\n  node_ttl: 5s\n"); again != first {
+		t.Fatal("a reload keeping policy and answers dropped the ledgers")
+	}
+	if other := attach("consul_dns:\n  answers: 2\n"); other == first {
+		t.Fatal("a reload changing answers kept the old Balanced")
+	}
 }
