@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -218,4 +219,38 @@ func mapsEqual(a, b map[string]uint64) bool {
 
 func slicesContainsAny(s string, subs ...string) bool {
 	return slices.ContainsFunc(subs, func(x string) bool { return strings.Contains(s, x) })
+}
+
+// TestBalancedConcurrent: questions from many goroutines while the catalog
+// view changes under them (run with -race): every answer names three
+// healthy instances.
+func TestBalancedConcurrent(t *testing.T) {
+	now := time.Now()
+	cat, loads := loadedCatalog(now)
+	r, _ := balanced(t, policy.LeastLoaded, 3, loads)
+	views := []*health.Catalog{cat}
+	for range 4 {
+		next := *cat
+		views = append(views, &next) // a new view of the same content
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				q := new(dns.Msg)
+				q.SetQuestion("web.service.consul.", dns.TypeA)
+				m := r.Answer(consuldns.Request{Msg: q, TCP: true, Client: netip.AddrFrom4([4]byte{10, byte(g), byte(i), 1})}, views[i%len(views)])
+				if got := addrs(m); len(got) != 3 || slicesContainsAny(strings.Join(got, " "), "10.0.0.7", "10.0.0.8") {
+					errs <- fmt.Sprintf("answer %v", got)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
 }
