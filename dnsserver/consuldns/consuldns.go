@@ -5,7 +5,7 @@
 //
 // The core is pure: a request and a *health.Catalog go in, a *dns.Msg comes
 // out; there is no I/O. Which instances answer, and in what order, is left to
-// an Orderer, so a load-aware policy can replace Consul's shuffle.
+// an Orderer: Shuffle is Consul's order, Balanced a load-aware policy's.
 package consuldns
 
 import (
