@@ -1,15 +1,17 @@
 package dnsserver
 
 import (
+	"net/netip"
+
 	"github.com/miekg/dns"
 )
 
 // ConsulDNS answers the names of Consul DNS domains (consul. and the like)
 // as Consul's own DNS interface would; package consuldns implements it.
 type ConsulDNS interface {
-	// Answer returns the reply to q and the domain that answered it, or
-	// false when q is not for it.
-	Answer(q *dns.Msg, tcp bool) (reply *dns.Msg, domain string, ok bool)
+	// Answer returns the reply to q, asked by client, and the domain that
+	// answered it, or false when q is not for it.
+	Answer(q *dns.Msg, tcp bool, client netip.Addr) (reply *dns.Msg, domain string, ok bool)
 }
 
 // consulAnswer answers m when it is for the state's Consul DNS domains. The
@@ -19,7 +21,7 @@ func consulAnswer(st *State, m *dns.Msg, req request, buf []byte) ([]byte, reply
 	if st.ConsulDNS == nil {
 		return nil, replyInfo{}, false
 	}
-	resp, domain, ok := st.ConsulDNS.Answer(m, req.tcp)
+	resp, domain, ok := st.ConsulDNS.Answer(m, req.tcp, req.remote)
 	if !ok {
 		return nil, replyInfo{}, false
 	}

@@ -45,6 +45,10 @@ type Config struct {
 	seed uint64 // this process's random seed for the policies
 
 	consulDNS *consuldns.Resolver // built from ConsulDNS by validate
+	// consulDNSConfig is what consulDNS was built with, and consulPolicy
+	// the policy of answers: N (nil for 0), for attachConsulDNS.
+	consulDNSConfig consuldns.Config
+	consulPolicy    *policy.Config
 }
 
 // DNSConfig is the `dns:` block.

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/dnsserver/consuldns"
 	"github.com/farmdns/farmdns/health"
+	"github.com/farmdns/farmdns/policy"
 )
 
 // ConsulDNSConfig is the consul_dns block: answer Consul's DNS names
@@ -20,9 +24,11 @@ import (
 type ConsulDNSConfig struct {
 	Domain    string `yaml:"domain"`     // default consul.
 	AltDomain string `yaml:"alt_domain"` // optional second domain
-	// Policy and Answers will choose and order instances by load; until
-	// then they must be unset: every healthy instance answers, shuffled.
-	Policy      string                   `yaml:"policy"`
+	// Policy orders and chooses the instances of an answer when Answers is
+	// 1 to 8: the Answers instances the policy chooses (least-loaded,
+	// weighted or round-robin), counted in its ledger. Answers 0 answers
+	// every healthy instance in random order, as Consul does.
+	Policy      policy.Kind              `yaml:"policy"`
 	Answers     int                      `yaml:"answers"`
 	ServiceTTL  time.Duration            `yaml:"service_ttl"`
 	ServiceTTLs map[string]time.Duration `yaml:"service_ttls"` // per service; "prefix*" keys match prefixes
@@ -37,11 +43,8 @@ func (c *Config) validateConsulDNS(bad func(key, format string, args ...any)) {
 	if cd == nil {
 		return
 	}
-	if cd.Policy != "" {
-		bad("consul_dns.policy", "not supported yet: instances are answered in random order, as Consul does")
-	}
-	if cd.Answers != 0 {
-		bad("consul_dns.answers", "not supported yet: every healthy instance is answered, as Consul does")
+	if cd.Answers < 0 || cd.Answers > policy.MaxAnswers {
+		bad("consul_dns.answers", "%d is not between 0 (every healthy instance) and %d", cd.Answers, policy.MaxAnswers)
 	}
 	for key, d := range map[string]time.Duration{"consul_dns.service_ttl": cd.ServiceTTL, "consul_dns.node_ttl": cd.NodeTTL} {
 		if d < 0 || d%time.Second != 0 {
@@ -53,13 +56,22 @@ func (c *Config) validateConsulDNS(bad func(key, format string, args ...any)) {
 			bad("consul_dns.service_ttls."+k, "must be whole seconds, not negative")
 		}
 	}
-	r, err := consuldns.New(consuldns.Config{
+	rc := consuldns.Config{
 		Domain: cd.Domain, AltDomain: cd.AltDomain, NodeTTL: cd.NodeTTL, ServiceTTL: cd.ServiceTTL,
-		ServiceTTLs: cd.ServiceTTLs, OnlyPassing: cd.OnlyPassing,
-	}, nil)
+		ServiceTTLs: cd.ServiceTTLs, OnlyPassing: cd.OnlyPassing, AnswerLimit: cd.Answers,
+	}
+	r, err := consuldns.New(rc, nil)
 	if err != nil {
 		bad("consul_dns", "%v", err)
 		return
+	}
+	if cd.Answers > 0 {
+		pc := policy.DefaultConfig()
+		pc.Policy, pc.Answers = cd.Policy, cd.Answers
+		if _, err := consuldns.NewBalanced(pc, nil); err != nil {
+			bad("consul_dns.policy", "%v", err)
+		}
+		c.consulPolicy = &pc
 	}
 	// A zone inside a Consul domain, or a Consul domain inside a zone,
 	// would leave one of them unreachable.
@@ -71,15 +83,21 @@ func (c *Config) validateConsulDNS(bad func(key, format string, args ...any)) {
 			}
 		}
 	}
-	c.consulDNS = r
+	c.consulDNS, c.consulDNSConfig = r, rc
 }
 
-// catalogSlot is the catalog source of the Consul DNS domains: whichever
-// CatalogWatcher runs now, so a reload that restarts it keeps the states
-// already built pointing at the right view.
+// catalogSlot is the catalog and load source of the Consul DNS domains:
+// whichever watchers run now, so a reload that restarts them keeps the
+// states already built pointing at the right view.
 type catalogSlot struct {
-	w    atomic.Pointer[health.CatalogWatcher]
-	last atomic.Pointer[health.Catalog] // the stopped watcher's last view
+	w         atomic.Pointer[health.CatalogWatcher]
+	last      atomic.Pointer[health.Catalog] // the stopped watcher's last view
+	loads     atomic.Pointer[health.LoadWatcher]
+	lastLoads atomic.Pointer[health.CatalogLoads]
+
+	mu       sync.Mutex
+	balanced *consuldns.Balanced // kept across reloads: its ledger
+	policy   policy.Config       // what balanced was built with
 }
 
 // Catalog returns the running watcher's view; until it has one, the view
@@ -93,11 +111,51 @@ func (s *catalogSlot) Catalog() *health.Catalog {
 	return s.last.Load()
 }
 
-// attachConsulDNS gives st the Consul DNS domains of cfg, if any.
-func attachConsulDNS(st *dnsserver.State, cfg *Config, src *catalogSlot) {
-	if cfg.consulDNS != nil {
-		st.ConsulDNS = consuldns.NewServer(cfg.consulDNS, src)
+// Loads returns the running load watcher's reports, or the last ones.
+func (s *catalogSlot) Loads() *health.CatalogLoads {
+	if w := s.loads.Load(); w != nil {
+		if l := w.Loads(); l != nil {
+			return l
+		}
 	}
+	return s.lastLoads.Load()
+}
+
+// orderer returns the Balanced for pc, the one already running if a reload
+// left pc as it was, so its ledger carries over.
+func (s *catalogSlot) orderer(pc policy.Config) (*consuldns.Balanced, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.balanced != nil && s.policy == pc {
+		return s.balanced, nil
+	}
+	seeded := pc
+	seeded.Seed = rand.Uint64() // instances answering the same resolvers must not agree
+	b, err := consuldns.NewBalanced(seeded, s)
+	if err != nil {
+		return nil, err
+	}
+	s.balanced, s.policy = b, pc
+	return b, nil
+}
+
+// attachConsulDNS gives st the Consul DNS domains of cfg, if any, ordered
+// by the policy of answers: N with the ledger of the Balanced already
+// running if the policy is unchanged.
+func attachConsulDNS(st *dnsserver.State, cfg *Config, src *catalogSlot) {
+	if cfg.consulDNS == nil {
+		return
+	}
+	r := cfg.consulDNS
+	if cfg.consulPolicy != nil {
+		// Both were built once by validateConsulDNS: they cannot fail here.
+		if b, err := src.orderer(*cfg.consulPolicy); err == nil {
+			if br, err := consuldns.New(cfg.consulDNSConfig, b); err == nil {
+				r = br
+			}
+		}
+	}
+	st.ConsulDNS = consuldns.NewServer(r, src)
 }
 
 // catalogKey says what the catalog watcher is started for; a reload that
@@ -106,11 +164,24 @@ func catalogKey(c *Config) string {
 	if c.ConsulDNS == nil {
 		return ""
 	}
-	b, _ := json.Marshal(c.Consul.ConsulConfig)
+	b, _ := json.Marshal(struct {
+		Client       health.ConsulConfig
+		LoadPrefix   string        `json:",omitempty"`
+		MaxReportAge time.Duration `json:",omitempty"`
+	}{c.Consul.ConsulConfig, c.loadPrefix(), c.Consul.MaxReportAge})
 	return string(b)
 }
 
-// catalogWatch is a running CatalogWatcher.
+// loadPrefix is the load prefix the Consul DNS ordering reads, "" when it
+// reads none (answers: 0).
+func (c *Config) loadPrefix() string {
+	if c.consulPolicy == nil {
+		return ""
+	}
+	return cmp.Or(c.Consul.LoadPrefix, health.DefaultLoadPrefix)
+}
+
+// catalogWatch is a running CatalogWatcher, and LoadWatcher if any.
 type catalogWatch struct {
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -127,14 +198,29 @@ func (s *server) startCatalogWatch(cfg *Config) error {
 		return fmt.Errorf("consul: %w", err)
 	}
 	w := health.NewCatalogWatcher(health.CatalogWatcherConfig{AllowStale: cfg.Consul.Stale()}, client, s.log)
+	var lw *health.LoadWatcher
+	if prefix := cfg.loadPrefix(); prefix != "" {
+		lw, err = health.NewLoadWatcher(health.LoadWatcherConfig{
+			Prefix: prefix, MaxReportAge: cfg.Consul.MaxReportAge, AllowStale: cfg.Consul.Stale(),
+		}, client, s.log)
+		if err != nil {
+			return fmt.Errorf("consul.load_prefix: %w", err)
+		}
+	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	cw := &catalogWatch{cancel: cancel, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Go(func() { w.Run(ctx) })
+	if lw != nil {
+		wg.Go(func() { lw.Run(ctx) })
+	}
 	go func() {
 		defer close(cw.done)
-		w.Run(ctx)
+		wg.Wait()
 	}()
 	s.catalogWatch = cw
 	s.catalogs.w.Store(w)
+	s.catalogs.loads.Store(lw)
 	return nil
 }
 
@@ -146,6 +232,10 @@ func (s *server) stopCatalogWatch() {
 		if c := s.catalogs.Catalog(); c != nil {
 			s.catalogs.last.Store(c)
 		}
+		if l := s.catalogs.Loads(); l != nil {
+			s.catalogs.lastLoads.Store(l)
+		}
 		s.catalogs.w.Store(nil)
+		s.catalogs.loads.Store(nil)
 	}
 }

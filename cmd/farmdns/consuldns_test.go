@@ -15,16 +15,19 @@ import (
 )
 
 // TestConsulDNSConfig: a consul_dns block alone is a valid configuration;
-// what is not supported yet, or would hide a zone, is an error naming the
-// key.
+// what is out of range, or would hide a zone, is an error naming the key.
 func TestConsulDNSConfig(t *testing.T) {
 	for _, tc := range []struct {
 		block, err string
 	}{
 		{"consul_dns: {}\n", ""},
 		{"consul_dns:\n  domain: consul.\n  alt_domain: alt.example.\n  node_ttl: 5s\n  service_ttls: {\"web\": 3s, \"d*\": 9s}\n", ""},
-		{"consul_dns:\n  policy: least-loaded\n", "consul_dns.policy"},
-		{"consul_dns:\n  answers: 3\n", "consul_dns.answers"},
+		{"consul_dns:\n  policy: least-loaded\n  answers: 3\n", ""},
+		{"consul_dns:\n  policy: round-robin\n", ""},
+		{"consul_dns:\n  answers: 8\n", ""},
+		{"consul_dns:\n  policy: naive-least-loaded\n  answers: 3\n", "policy"},
+		{"consul_dns:\n  answers: 9\n", "consul_dns.answers"},
+		{"consul_dns:\n  answers: -1\n", "consul_dns.answers"},
 		{"consul_dns:\n  node_ttl: 1500ms\n", "consul_dns.node_ttl"},
 		{"consul_dns:\n  domain: \"..\"\n", "consul_dns"},
 		{"consul_dns:\n  domain: example.com.\nzones:\n  - origin: farm.example.com.\n    file: farm.zone\n", "zones[0].origin"},

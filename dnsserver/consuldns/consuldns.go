@@ -5,12 +5,13 @@
 //
 // The core is pure: a request and a *health.Catalog go in, a *dns.Msg comes
 // out; there is no I/O. Which instances answer, and in what order, is left to
-// an Orderer, so a load-aware policy can replace Consul's shuffle.
+// an Orderer: Shuffle is Consul's order, Balanced a load-aware policy's.
 package consuldns
 
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -64,16 +65,49 @@ type Config struct {
 }
 
 // Orderer chooses which instances answer and in what order. Order must not
-// modify in; it returns a new slice (or in itself, unchanged).
+// modify in, which holds the instances the health and tag filters kept; it
+// returns a new slice (or in itself, unchanged).
 type Orderer interface {
-	Order(service string, in []*health.CatalogInstance) []*health.CatalogInstance
+	Order(q OrderQuery, in []*health.CatalogInstance) Ordered
+}
+
+// OrderQuery is what an Orderer may base its choice on.
+type OrderQuery struct {
+	// Service and Tag are the asked service and tag filter, lower case;
+	// Tag is "" for none.
+	Service, Tag string
+	// Qtype is the question's type: A and AAAA name instances of one
+	// address family, SRV and the rest any.
+	Qtype uint16
+	// Client is the asker's address (invalid if unknown).
+	Client netip.Addr
+	// Room is the most instances the reply can carry (Consul's UDP limit
+	// without EDNS), 0 for no bound: a ledger must count only those sent.
+	Room int
+	// TTL is the TTL the answer will carry.
+	TTL time.Duration
+	// Catalog is the view being answered from.
+	Catalog *health.Catalog
+}
+
+// Ordered is an Orderer's choice.
+type Ordered struct {
+	// In holds the chosen instances, best first.
+	In []*health.CatalogInstance
+	// Weights, if not nil, are the SRV weights of In's instances; nil
+	// means Consul's weight, 1 for all.
+	Weights []uint16
 }
 
 // Shuffle is Consul's order: every instance, in random order.
 type Shuffle struct{}
 
 // Order returns a shuffled copy of in.
-func (Shuffle) Order(_ string, in []*health.CatalogInstance) []*health.CatalogInstance {
+func (Shuffle) Order(_ OrderQuery, in []*health.CatalogInstance) Ordered {
+	return Ordered{In: shuffled(in)}
+}
+
+func shuffled(in []*health.CatalogInstance) []*health.CatalogInstance {
 	// A copy: in belongs to the shared, immutable catalog.
 	out := append([]*health.CatalogInstance(nil), in...)
 	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
@@ -87,6 +121,9 @@ type Request struct {
 	// TCP says the query came over TCP; over UDP the answer is trimmed to
 	// the client's buffer.
 	TCP bool
+	// Client is the asker's address; a load-aware Orderer keys its choice
+	// by the client's /24 or /56. May be the zero Addr.
+	Client netip.Addr
 }
 
 // Resolver answers Consul DNS names. It is immutable and safe for
@@ -180,7 +217,7 @@ func (r *Resolver) Answer(req Request, cat *health.Catalog) *dns.Msg {
 	case dns.TypeAXFR:
 		m.Rcode = dns.RcodeNotImplemented
 	default:
-		res := r.lookup(q, req.Msg.IsEdns0() != nil, cat, maxRecursion)
+		res := r.lookup(q, r.askOf(req), cat, maxRecursion)
 		m.Answer, m.Extra, ecsLocal = res.answer, res.extra, res.ecsLocal
 		switch res.out {
 		case nameError:
@@ -199,6 +236,25 @@ func (r *Resolver) Answer(req Request, cat *health.Catalog) *dns.Msg {
 		trimUDP(req.Msg, m, r.cfg.UDPAnswerLimit)
 	}
 	return m
+}
+
+// ask is what of a request shapes a service answer beyond its question.
+type ask struct {
+	edns   bool
+	client netip.Addr
+	room   int // see OrderQuery.Room
+}
+
+// askOf returns req's ask: over UDP without EDNS, or with a buffer of 512
+// or less, Consul keeps at most UDPAnswerLimit answers.
+func (r *Resolver) askOf(req Request) ask {
+	a := ask{client: req.Client}
+	opt := req.Msg.IsEdns0()
+	a.edns = opt != nil
+	if !req.TCP && (opt == nil || opt.UDPSize() <= 512) {
+		a.room = min(maxUDPAnswers, r.cfg.UDPAnswerLimit)
+	}
+	return a
 }
 
 // soa returns the apex SOA of the domain qname is in. Consul names the alt
@@ -235,7 +291,7 @@ func validNSName(name string) bool {
 // the "consul" service (Consul's servers), and their addresses as glue.
 func (r *Resolver) nameservers(qname string, cat *health.Catalog) (ns, glue []dns.RR) {
 	respDomain := r.responseDomain(qname)
-	servers := Shuffle{}.Order("consul", r.healthy(cat.Services["consul"], ""))
+	servers := shuffled(r.healthy(cat.Services["consul"], ""))
 	for _, in := range servers {
 		if !validNSName(in.Node.Name) {
 			continue

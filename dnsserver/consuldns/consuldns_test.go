@@ -84,11 +84,11 @@ func TestAltDomainSOA(t *testing.T) {
 // so a test can see the core follows it.
 type reversed struct{ calls *int }
 
-func (o reversed) Order(_ string, in []*health.CatalogInstance) []*health.CatalogInstance {
+func (o reversed) Order(_ consuldns.OrderQuery, in []*health.CatalogInstance) consuldns.Ordered {
 	*o.calls++
 	out := slices.Clone(in)
 	slices.Reverse(out)
-	return out
+	return consuldns.Ordered{In: out}
 }
 
 // TestOrdererChoosesAnswers: the Orderer's order is the answer order, and

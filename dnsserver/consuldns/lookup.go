@@ -51,7 +51,7 @@ func (l locality) local(cat *health.Catalog) bool {
 }
 
 // lookup parses the question's name and answers it from cat.
-func (r *Resolver) lookup(q dns.Question, edns bool, cat *health.Catalog, depth int) result {
+func (r *Resolver) lookup(q dns.Question, a ask, cat *health.Catalog, depth int) result {
 	name := r.trimDomain(strings.ToLower(dns.Fqdn(q.Name)))
 	labels := dns.SplitDomainName(name)
 	// The rightmost keyword decides the kind; for SRV a label starting with
@@ -84,7 +84,7 @@ func (r *Resolver) lookup(q dns.Question, edns bool, cat *health.Catalog, depth 
 				tag = "" // _svc._tcp asks for every instance
 			}
 		}
-		return r.service(q, edns, cat, service, tag, depth)
+		return r.service(q, a, cat, service, tag, depth)
 	case "connect", "ingress":
 		// The view holds no mesh proxies or ingress gateways, and Consul
 		// answers a service without them NXDOMAIN.
@@ -175,18 +175,22 @@ func (r *Resolver) node(q dns.Question, cat *health.Catalog, name string, depth 
 }
 
 // service answers [tag.]svc.service and its RFC 2782 forms.
-func (r *Resolver) service(q dns.Question, edns bool, cat *health.Catalog, service, tag string, depth int) result {
+func (r *Resolver) service(q dns.Question, a ask, cat *health.Catalog, service, tag string, depth int) result {
 	in := r.healthy(cat.Services[service], tag)
 	if len(in) == 0 {
 		return result{out: nameError}
 	}
-	in = r.order.Order(service, in)
-	s := svcQuery{q: q, edns: edns, cat: cat, ttl: ttl(r.serviceTTL(service)), depth: depth}
+	d := r.serviceTTL(service)
+	ord := r.order.Order(OrderQuery{
+		Service: service, Tag: strings.ToLower(tag), Qtype: q.Qtype,
+		Client: a.client, Room: a.room, TTL: d, Catalog: cat,
+	}, in)
+	s := svcQuery{q: q, edns: a.edns, cat: cat, ttl: ttl(d), depth: depth}
 	var res result
 	if q.Qtype == dns.TypeSRV {
-		res.answer, res.extra = r.srvRecords(s, in)
+		res.answer, res.extra = r.srvRecords(s, ord)
 	} else {
-		res.answer = r.addressRecords(s, in)
+		res.answer = r.addressRecords(s, ord.In)
 	}
 	if len(res.answer) == 0 {
 		res.out = noData

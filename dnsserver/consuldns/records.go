@@ -183,21 +183,33 @@ func dedupKey(rr dns.RR) string {
 // srvRecords answers a service's SRV question: one SRV per distinct
 // node/address/port, the targets' addresses and the nodes' meta as
 // additional records.
-func (r *Resolver) srvRecords(s svcQuery, in []*health.CatalogInstance) (answer, extra []dns.RR) {
-	seen := make(map[string]bool, len(in))
+func (r *Resolver) srvRecords(s svcQuery, ord Ordered) (answer, extra []dns.RR) {
+	seen := make(map[string]bool, len(ord.In))
 	respDomain := r.responseDomain(s.q.Name)
-	for _, i := range in {
+	for n, i := range ord.In {
 		key := i.Node.Name + ":" + pickAddress(acceptAny, i.Address, i.LANv4, i.LANv6) + ":" + strconv.Itoa(i.Port)
 		if seen[key] {
 			continue
 		}
 		seen[key] = true
 		ans, ext := r.instanceRecords(s, i)
+		if srv, ok := firstSRV(ans); ok && ord.Weights != nil {
+			srv.Weight = ord.Weights[n]
+		}
 		answer = append(answer, ans...)
 		extra = append(extra, ext...)
 		extra = append(extra, metaTXT(nodeName(i.Node, s.cat, respDomain), i.Node, s.ttl)...)
 	}
 	return answer, extra
+}
+
+// firstSRV returns the SRV record an instance answers with, if any.
+func firstSRV(rrs []dns.RR) (*dns.SRV, bool) {
+	if len(rrs) == 0 {
+		return nil, false
+	}
+	srv, ok := rrs[0].(*dns.SRV)
+	return srv, ok
 }
 
 func nodeName(n *health.CatalogNode, cat *health.Catalog, respDomain string) string {
@@ -323,5 +335,5 @@ func (r *Resolver) chase(name string, cat *health.Catalog, depth int) []dns.RR {
 		return nil
 	}
 	q := dns.Question{Name: name, Qtype: dns.TypeANY, Qclass: dns.ClassINET}
-	return r.lookup(q, false, cat, depth-1).answer
+	return r.lookup(q, ask{}, cat, depth-1).answer
 }

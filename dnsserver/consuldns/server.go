@@ -1,6 +1,8 @@
 package consuldns
 
 import (
+	"net/netip"
+
 	"github.com/miekg/dns"
 
 	"github.com/farmdns/farmdns/health"
@@ -24,10 +26,10 @@ func NewServer(r *Resolver, src CatalogSource) *Server {
 	return &Server{r: r, src: src}
 }
 
-// Answer returns the reply to q and the served domain it is in, or false
-// when q's question is not under the served domains (or q is not a plain
-// query), so the caller answers it otherwise.
-func (s *Server) Answer(q *dns.Msg, tcp bool) (*dns.Msg, string, bool) {
+// Answer returns the reply to q, asked by client, and the served domain it
+// is in, or false when q's question is not under the served domains (or q
+// is not a plain query), so the caller answers it otherwise.
+func (s *Server) Answer(q *dns.Msg, tcp bool, client netip.Addr) (*dns.Msg, string, bool) {
 	if q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 {
 		return nil, "", false
 	}
@@ -43,7 +45,7 @@ func (s *Server) Answer(q *dns.Msg, tcp bool) (*dns.Msg, string, bool) {
 		m.SetRcode(q, dns.RcodeServerFailure)
 		return m, domain, true
 	}
-	return s.r.Answer(Request{Msg: q, TCP: tcp}, cat), domain, true
+	return s.r.Answer(Request{Msg: q, TCP: tcp, Client: client}, cat), domain, true
 }
 
 // domain returns the closest served domain name is in, or "".
