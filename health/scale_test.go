@@ -38,13 +38,15 @@ func TestScale(t *testing.T) {
 
 	var wire, body atomic.Int64
 	client := countingClient(t, a, &wire, &body)
-	wcfg := health.WatcherConfig{Services: []health.ServiceConfig{{Name: scaleService}}}
+	// A 50,000-instance answer from a dev agent on a shared machine can take
+	// longer than the default query timeout (WaitTime plus 5 s).
+	wcfg := health.WatcherConfig{Services: []health.ServiceConfig{{Name: scaleService}}, WaitTime: 3 * time.Minute, MaxStaleness: 10 * time.Minute}
 	if d, err := time.ParseDuration(os.Getenv("FARMDNS_SCALE_MIN_INTERVAL")); err == nil {
 		wcfg.MinInterval = d
 	}
 	start := time.Now()
 	w := startWatcher(t, client, wcfg)
-	t.Logf("pool full (%d targets with loads) %v after start", n, waitFull(t, w, n, start).Round(time.Millisecond))
+	t.Logf("pool full (%d targets with loads) %v after start", n, waitFull(t, w, n, start, 5*time.Minute).Round(time.Millisecond))
 
 	perSec := n * pct / 100
 	startLoadWriter(t, a, n, perSec, window+4*time.Second+20*time.Second)

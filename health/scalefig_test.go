@@ -37,7 +37,7 @@ func TestScaleFigures(t *testing.T) {
 	client := countingClient(t, a, &wire, &body)
 	start := time.Now()
 	w := startWatcher(t, client, health.WatcherConfig{Services: []health.ServiceConfig{{Name: scaleService}}})
-	fill := waitFull(t, w, figInstances, start)
+	fill := waitFull(t, w, figInstances, start, 2*figMaxFill)
 
 	startLoadWriter(t, a, figInstances, figInstances*figPercent/100, figWindow+2*time.Second)
 	time.Sleep(2 * time.Second) // the writer going, the watcher reading at its full rate

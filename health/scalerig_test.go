@@ -140,13 +140,15 @@ func writeLoads(addr string, n, perSec int, d time.Duration) error {
 	return nil
 }
 
-// waitFull waits for the watcher's pool to hold n targets with known loads
-// and returns the time since start.
-func waitFull(t testing.TB, w *health.Watcher, n int, start time.Time) time.Duration {
+// waitFull waits for the watcher's pool to hold n targets with their loads
+// and returns the time since start; it fails the test after limit.
+func waitFull(t testing.TB, w *health.Watcher, n int, start time.Time, limit time.Duration) time.Duration {
 	t.Helper()
-	deadline := time.NewTimer(2 * time.Minute)
+	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
-	for s := w.Snapshot(); s.Pool(scaleService).Counts().LoadKnown != n; s = w.Snapshot() {
+	// Stale counts: setting up many instances can take longer than
+	// max_report_age after the reports were stamped.
+	for s := w.Snapshot(); !full(s.Pool(scaleService).Counts(), n); s = w.Snapshot() {
 		select {
 		case <-s.Superseded():
 		case <-deadline.C:
@@ -155,6 +157,8 @@ func waitFull(t testing.TB, w *health.Watcher, n int, start time.Time) time.Dura
 	}
 	return time.Since(start)
 }
+
+func full(c health.PoolCounts, n int) bool { return c.Targets == n && c.LoadKnown+c.LoadStale == n }
 
 // scaleFigures is what one measured window of the rig shows.
 type scaleFigures struct {
