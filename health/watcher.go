@@ -383,7 +383,8 @@ func (l *loop) run(ctx context.Context) {
 		last     time.Time
 	)
 	for ctx.Err() == nil {
-		// Rate limit: however often Consul answers, query at most once per MinInterval.
+		// Rate limit: however often Consul answers, query at most once per
+		// MinInterval, and less often when the answers are costly to read.
 		if wait := pause(l.w.cfg.MinInterval, l.cost, l.w.cfg.MaxReportAge) - time.Since(last); wait > 0 && !sleep(ctx, wait) {
 			return
 		}
