@@ -75,11 +75,19 @@ func instancesFromEntries(entries []*api.ServiceEntry, loadPrefix, service strin
 // aggregateChecks returns the worst status of the non-maintenance checks and
 // whether a node or service maintenance check is present.
 func aggregateChecks(checks api.HealthChecks, serviceID string) (HealthState, bool) {
+	cs := make([]checkState, 0, len(checks))
+	for _, c := range checks {
+		if c != nil {
+			cs = append(cs, checkState{CheckID: c.CheckID, Status: c.Status})
+		}
+	}
+	return aggregate(cs, serviceID)
+}
+
+// aggregate is aggregateChecks over the checks' IDs and statuses.
+func aggregate(checks []checkState, serviceID string) (HealthState, bool) {
 	h, draining := HealthPassing, false
 	for _, c := range checks {
-		if c == nil {
-			continue
-		}
 		if c.CheckID == nodeMaintCheckID || c.CheckID == serviceMaintCheckPref+serviceID {
 			draining = true
 			continue

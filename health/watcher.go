@@ -357,7 +357,24 @@ type loop struct {
 	prevKV    []kvPair
 	prevIns   []instance
 	have      bool
-	heldIndex uint64 // the Consul index of prevKV or prevIns
+	heldIndex uint64        // the Consul index of prevKV or prevIns
+	cost      time.Duration // reading and reducing the last answer (see readCost)
+}
+
+// costFactor bounds a loop's share of a core: after an answer that took d to
+// read and reduce, the next query waits at least costFactor×d, so a loop
+// over a busy data set spends at most 1/(costFactor+1) of its time (and so
+// of a core) on it, however many instances the data set holds. With 50,000
+// load reports changing all the time that is about one read a second instead
+// of ten (health/MEASURED.md); a small data set keeps MinInterval.
+const costFactor = 4
+
+// pause returns the least time between two queries of a loop whose last
+// answer cost cost to read and reduce. It never exceeds a quarter of
+// maxReportAge (unless MinInterval does), so that on a starved machine the
+// loads still arrive well before they turn stale.
+func pause(minInterval, cost, maxReportAge time.Duration) time.Duration {
+	return max(minInterval, min(costFactor*cost, maxReportAge/4))
 }
 
 func (l *loop) run(ctx context.Context) {
@@ -367,8 +384,9 @@ func (l *loop) run(ctx context.Context) {
 		last     time.Time
 	)
 	for ctx.Err() == nil {
-		// Rate limit: however often Consul answers, query at most once per MinInterval.
-		if wait := l.w.cfg.MinInterval - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+		// Rate limit: however often Consul answers, query at most once per
+		// MinInterval, and less often when the answers are costly to read.
+		if wait := pause(l.w.cfg.MinInterval, l.cost, l.w.cfg.MaxReportAge) - time.Since(last); wait > 0 && !sleep(ctx, wait) {
 			return
 		}
 		last = time.Now()
@@ -467,6 +485,7 @@ func (l *loop) read(ctx context.Context, index uint64, stale bool) (u update, me
 		AllowStale: stale,
 	}).WithContext(ctx)
 	u = update{set: l.set}
+	start := time.Now()
 	switch l.kind {
 	case DataSetKV:
 		var pairs api.KVPairs
@@ -478,16 +497,26 @@ func (l *loop) read(ctx context.Context, index uint64, stale bool) (u update, me
 			u.kv = kv
 		}
 	case DataSetService:
-		var entries []*api.ServiceEntry
-		entries, meta, err = l.w.client.Health().Service(l.name, "", false, opts)
+		var entries []healthEntry
+		entries, meta, err = healthService(l.w.client, l.name, opts)
 		if err == nil {
-			ins := instancesFromEntries(entries, cfg.LoadPrefix, l.name)
+			ins := instancesFromHealth(entries, cfg.LoadPrefix, l.name)
 			u.changed = !l.have || !instancesEqual(ins, l.prevIns)
 			empty = len(ins) == 0 && len(l.prevIns) > 0
 			u.ins = ins
 		}
 	}
+	if err == nil {
+		l.cost = readCost(time.Since(start), meta.RequestTime)
+	}
 	return u, meta, empty, err
+}
+
+// readCost is the part of a query's time spent after Consul answered
+// (reading the body, decoding, reducing), given the query's whole time and
+// the time to the answer's headers, which holds the blocking wait.
+func readCost(total, toHeaders time.Duration) time.Duration {
+	return max(0, total-toHeaders)
 }
 
 func (l *loop) wrap(err error) error {
