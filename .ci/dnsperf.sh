@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Throughput of farmdns against Knot DNS serving the same zone, in one run:
-# A B A B rounds, each server alone on core 0 (GOMAXPROCS=1, one Knot UDP
-# worker), dnsperf on core 1. Prints QPS, latency, server CPU and the ratio.
-#   .ci/dnsperf.sh [seconds per round] [rounds]
+# farmdns against Knot DNS serving the same zone, in one run (make bench):
+# CPU per query at fixed rates (dnsperf -Q; process CPU time from
+# /proc/<pid>/stat over the run, divided by the queries answered), each
+# server alone on core 0 (GOMAXPROCS=1 against one Knot UDP worker) with
+# dnsperf on core 1; then QPS at saturation on 1 and 2 cores. The servers
+# take turns in each round; figures are medians with their range. Prints
+# one markdown table, the one README's performance section quotes.
+#   RATES="20000 50000 80000" .ci/dnsperf.sh [seconds per run] [rounds]
 set -euo pipefail
 secs=${1:-10}
 rounds=${2:-2}
@@ -15,6 +19,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 
 go build -o "$work/farmdns" ./cmd/farmdns
 
@@ -92,39 +97,94 @@ zone:
     journal-content: none
 CONF
 
-GOMAXPROCS=1 taskset -c 0 "$work/farmdns" -config "$work/farmdns.yaml" & pids+=($!); farm_pid=$!
-taskset -c 0 knotd -c "$work/knot.conf" & pids+=($!); knot_pid=$!
-for port in $port_farm $port_knot; do
-  for _ in $(seq 50); do dig +short +time=1 +tries=1 @127.0.0.1 -p $port host1.bench.example A >/dev/null 2>&1 && break; sleep 0.2; done
-done
-
-dig +short @127.0.0.1 -p $port_farm pool.bench.example A | grep -q . || { echo "the pool did not fill from Consul" >&2; exit 1; }
+# start <cores>: farmdns and Knot with that many cores each (1: both on
+# core 0, GOMAXPROCS=1 against one Knot UDP worker, dnsperf on core 1).
+start() {
+  [ -n "${farm_pid:-}" ] && kill "$farm_pid" "$knot_pid" && wait "$farm_pid" "$knot_pid" 2>/dev/null || true
+  sed -i "s/udp-workers: .*/udp-workers: $1/" "$work/knot.conf"
+  if [ "$1" = 1 ]; then pin="taskset -c 0"; else pin=""; fi
+  GOMAXPROCS=$1 $pin "$work/farmdns" -config "$work/farmdns.yaml" & pids+=($!); farm_pid=$!
+  $pin knotd -c "$work/knot.conf" & pids+=($!); knot_pid=$!
+  for port in $port_farm $port_knot; do
+    for _ in $(seq 50); do dig +short +time=1 +tries=1 @127.0.0.1 -p $port host1.bench.example A >/dev/null 2>&1 && break; sleep 0.2; done
+  done
+  for _ in $(seq 50); do dig +short @127.0.0.1 -p $port_farm pool.bench.example A | grep -q . && return; sleep 0.2; done
+  echo "the pool did not fill from Consul" >&2; exit 1
+}
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
-printf '%-14s %-6s %10s %12s %10s\n' server round qps "avg lat ms" "cpu %"
-declare -A total
+# run <server> <file> [max qps]: one dnsperf run; prints "qps cpu-µs-per-query lost".
+run() {
+  local port=$port_farm pid=$farm_pid
+  [ "$1" = knot ] && port=$port_knot pid=$knot_pid
+  local client=(dnsperf) rate=()
+  [ -n "${3:-}" ] && rate=(-Q "$3")
+  [ "$cores" = 1 ] && client=(taskset -c 1 dnsperf)
+  local t0 t1 out
+  t0=$(cpu_ticks $pid)
+  out=$("${client[@]}" -s 127.0.0.1 -p $port -d "$work/$2" -l "$secs" -c 8 -q 200 -t 1 -S 0 "${rate[@]}" 2>&1)
+  t1=$(cpu_ticks $pid)
+  echo "$out" | awk -v ticks=$((t1 - t0)) -v hz="$hz" '
+    /Queries completed/ { done = $3 } /Queries lost/ { lost = $3 } /Queries per second/ { qps = $4 }
+    END { printf "%.0f %.2f %s\n", qps, done ? ticks / hz / done * 1e6 : 0, lost }'
+}
+
+# Every figure is the median of the rounds, with its range; the two servers
+# take turns within each round, so a neighbour's load hits both alike.
+declare -A res
+record() { res[$1]="${res[$1]:-} $2"; }
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%s [%s-%s]", m, v[1], v[NR] }'; }
+
+rates=${RATES:-20000 50000 80000}
+cores=1
+start 1
 for r in $(seq "$rounds"); do
-  # farmdns and knot on the 90/5/5 mix; farmdns on one static name and on a
-  # pool's name.
+  for rate in $rates; do
+    for s in farmdns knot farmdns-pool; do
+      file=queries server=${s%-pool}
+      [ "$s" = farmdns-pool ] && file=pool-queries
+      read -r qps us lost < <(run "$server" "$file" "$rate")
+      echo "round $r, $rate qps, $s: $qps qps, $us µs CPU per query, lost $lost" >&2
+      record "cpu $rate $s" "$us"
+    done
+  done
   for s in farmdns knot farmdns-static farmdns-pool; do
-    case $s in
-      farmdns) port=$port_farm pid=$farm_pid file=queries ;;
-      knot) port=$port_knot pid=$knot_pid file=queries ;;
-      farmdns-static) port=$port_farm pid=$farm_pid file=static-queries ;;
-      farmdns-pool) port=$port_farm pid=$farm_pid file=pool-queries ;;
-    esac
-    t0=$(cpu_ticks $pid)
-    out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p $port -d "$work/$file" -l "$secs" -c 8 -q 200 -S 0 2>&1)
-    t1=$(cpu_ticks $pid)
-    qps=$(echo "$out" | awk '/Queries per second/ { print $4 }')
-    lat=$(echo "$out" | awk '/Average Latency/ { print $4 * 1000 }')
-    cpu=$(( (t1 - t0) * 100 / hz / secs ))
-    lost=$(echo "$out" | awk '/Queries lost/ { print $3 }')
-    printf '%-14s %-6s %10.0f %12.3f %10s   lost %s\n' $s $r "$qps" "$lat" "$cpu" "$lost"
-    total[$s]=$(awk -v a="${total[$s]:-0}" -v b="$qps" 'BEGIN { print a + b }')
+    file=queries server=${s%-*}
+    [ "$s" = farmdns-static ] && file=static-queries
+    [ "$s" = farmdns-pool ] && file=pool-queries
+    read -r qps us lost < <(run "$server" "$file")
+    echo "round $r, saturation on 1 core, $s: $qps qps, lost $lost" >&2
+    record "qps 1 $s" "$qps"
   done
 done
-awk -v f="${total[farmdns]}" -v k="${total[knot]}" -v s="${total[farmdns-static]}" -v p="${total[farmdns-pool]}" -v n="$rounds" \
-  'BEGIN { printf "mean qps, 90/5/5 mix: farmdns %.0f, knot %.0f; farmdns/knot = %.2f\n", f / n, k / n, f / k
-           printf "mean qps, one name: farmdns static %.0f, pool %.0f; pool/static = %.2f\n", s / n, p / n, p / s }'
+cores=2
+start 2
+for r in $(seq "$rounds"); do
+  for s in farmdns knot farmdns-static farmdns-pool; do
+    file=queries server=${s%-*}
+    [ "$s" = farmdns-static ] && file=static-queries
+    [ "$s" = farmdns-pool ] && file=pool-queries
+    read -r qps us lost < <(run "$server" "$file")
+    echo "round $r, saturation on 2 cores, $s: $qps qps, lost $lost" >&2
+    record "qps 2 $s" "$qps"
+  done
+done
+
+ratio() { awk -v a="$(median "${res[$1]}" | cut -d' ' -f1)" -v b="$(median "${res[$2]}" | cut -d' ' -f1)" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "farmdns against Knot $(knotd -V 2>/dev/null | awk '{ print $NF }'), $rounds rounds of ${secs}s, median [min-max]; load average before: $load"
+echo
+echo "| CPU per query (µs), one core each | farmdns (90/5/5 mix) | Knot (same mix) | knot/farmdns | farmdns pool name |"
+echo "|---|---|---|---|---|"
+for rate in $rates; do
+  echo "| at $rate qps | $(median "${res[cpu $rate farmdns]}") | $(median "${res[cpu $rate knot]}") | $(ratio "cpu $rate knot" "cpu $rate farmdns") | $(median "${res[cpu $rate farmdns-pool]}") |"
+done
+echo
+echo "| QPS at saturation | farmdns (mix) | Knot (mix) | farmdns/knot | farmdns static name | farmdns pool name | pool/static |"
+echo "|---|---|---|---|---|---|---|"
+for c in 1 2; do
+  echo "| $c core$([ $c = 1 ] || echo s) | $(median "${res[qps $c farmdns]}") | $(median "${res[qps $c knot]}") | $(ratio "qps $c farmdns" "qps $c knot") | $(median "${res[qps $c farmdns-static]}") | $(median "${res[qps $c farmdns-pool]}") | $(ratio "qps $c farmdns-pool" "qps $c farmdns-static") |"
+done
+echo
+echo "Saturation: dnsperf runs on the other core (1 core) or shares both with the server (2 cores), so the client is often the limit."

@@ -14,6 +14,10 @@ import (
 )
 
 // Server serves a Handler on UDP and TCP. Set its fields, then call Start.
+//
+// Each address is served over UDP by one reader per core Go had at start,
+// each with a socket of its own (see udp_linux.go). Start raises GOMAXPROCS
+// by one so that a P stays idle while the readers wait in the kernel.
 type Server struct {
 	// Handler answers the queries.
 	Handler *Handler
@@ -40,6 +44,8 @@ type Server struct {
 	udp   []*udpSocket // every reader's socket
 	bound []netip.AddrPort
 	tcp   []*net.TCPListener
+
+	readers int // UDP readers (and sockets) per address; 0: defaultReaders
 
 	tcpLimits atomic.Pointer[tcpLimits]
 	closing   atomic.Bool // Shutdown began
@@ -68,8 +74,11 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.conns = map[*tcpConn]struct{}{}
 	s.prefixes = map[netip.Prefix]int{}
+	if s.readers == 0 {
+		s.readers = defaultReaders()
+	}
 	for _, addr := range s.Addrs {
-		u, t, err := listen(ctx, addr)
+		u, t, err := listen(ctx, addr, s.readers)
 		if err != nil {
 			closeUDP(s.udp)
 			s.closeAll()
@@ -79,6 +88,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.bound = append(s.bound, u[0].local)
 		s.tcp = append(s.tcp, t)
 	}
+	spareP(s.readers)
 	// One reader per core and socket: each answers its queries to the end
 	// before reading more, so nothing is queued in Go.
 	for i, u := range s.udp {
@@ -95,7 +105,7 @@ func (s *Server) Start(ctx context.Context) error {
 // listen binds addr on UDP, a socket per reader, then TCP on the same
 // port. With port 0 the port the kernel picked for UDP may be taken on TCP:
 // then it tries another.
-func listen(ctx context.Context, addr string) ([]*udpSocket, *net.TCPListener, error) {
+func listen(ctx context.Context, addr string, readers int) ([]*udpSocket, *net.TCPListener, error) {
 	_, port, _ := net.SplitHostPort(addr)
 	tries := 1
 	if port == "0" {
@@ -109,7 +119,7 @@ func listen(ctx context.Context, addr string) ([]*udpSocket, *net.TCPListener, e
 	}
 	var lc net.ListenConfig
 	for i := 1; ; i++ {
-		u, err := listenUDP(addr, udpReaders())
+		u, err := listenUDP(addr, readers)
 		if err != nil {
 			return nil, nil, err
 		}
