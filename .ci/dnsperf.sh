@@ -6,7 +6,7 @@
 # dnsperf on core 1; then QPS at saturation on 1 and 2 cores. The servers
 # take turns in each round; figures are medians with their range. Prints
 # one markdown table, the one README's performance section quotes.
-#   RATES="20000 50000 80000" .ci/dnsperf.sh [seconds per run] [rounds]
+#   RATES="20000 50000 80000" SATURATION=1 .ci/dnsperf.sh [seconds per run] [rounds]
 set -euo pipefail
 secs=${1:-10}
 rounds=${2:-2}
@@ -137,6 +137,7 @@ record() { res[$1]="${res[$1]:-} $2"; }
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%s [%s-%s]", m, v[1], v[NR] }'; }
 
 rates=${RATES:-20000 50000 80000}
+saturation=${SATURATION:-1} # 0: CPU per query only
 cores=1
 start 1
 for r in $(seq "$rounds"); do
@@ -150,6 +151,7 @@ for r in $(seq "$rounds"); do
     done
   done
   for s in farmdns knot farmdns-static farmdns-pool; do
+    [ "$saturation" = 1 ] || break
     file=queries server=${s%-*}
     [ "$s" = farmdns-static ] && file=static-queries
     [ "$s" = farmdns-pool ] && file=pool-queries
@@ -159,8 +161,9 @@ for r in $(seq "$rounds"); do
   done
 done
 cores=2
-start 2
+[ "$saturation" = 1 ] && start 2
 for r in $(seq "$rounds"); do
+  [ "$saturation" = 1 ] || break
   for s in farmdns knot farmdns-static farmdns-pool; do
     file=queries server=${s%-*}
     [ "$s" = farmdns-static ] && file=static-queries
@@ -180,6 +183,7 @@ echo "|---|---|---|---|---|"
 for rate in $rates; do
   echo "| at $rate qps | $(median "${res[cpu $rate farmdns]}") | $(median "${res[cpu $rate knot]}") | $(ratio "cpu $rate knot" "cpu $rate farmdns") | $(median "${res[cpu $rate farmdns-pool]}") |"
 done
+[ "$saturation" = 1 ] || exit 0
 echo
 echo "| QPS at saturation | farmdns (mix) | Knot (mix) | farmdns/knot | farmdns static name | farmdns pool name | pool/static |"
 echo "|---|---|---|---|---|---|---|"

@@ -28,6 +28,10 @@ import (
 // calls are spread over up to this many.
 const udpBatch = 16
 
+// yieldEvery: a reader yields its P once in this many batches (see
+// serveUDP), at least every 2 ms at 16,000 batches a second.
+const yieldEvery = 32
+
 // udpMaxMsg is the largest query a reader takes and the largest reply it
 // builds. Pages of the buffers that are never touched cost no memory.
 const udpMaxMsg = 65535
@@ -308,7 +312,14 @@ func (s *Server) serveUDP(u *udpSocket, shard int) {
 	r := newUDPReader(s, u)
 	w := &r.w
 	timed := 0
-	for {
+	for batches := 0; ; batches++ {
+		if batches%yieldEvery == 0 {
+			// A goroutine that never leaves its P looks stuck to sysmon,
+			// which after 10 ms takes the P from it in the middle of a
+			// wait, then polls every 20 µs for a while. Yielding now and
+			// then shows the reader is alive.
+			runtime.Gosched()
+		}
 		n, err := r.recv()
 		if err != nil {
 			if s.closing.Load() {
