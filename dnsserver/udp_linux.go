@@ -28,9 +28,9 @@ import (
 // calls are spread over up to this many.
 const udpBatch = 16
 
-// yieldEvery: a reader yields its P once in this many batches (see
-// serveUDP), at least every 2 ms at 16,000 batches a second.
-const yieldEvery = 32
+// yieldEvery: a busy reader yields its P this often (see serveUDP), well
+// within sysmon's 10 ms.
+const yieldEvery = 4 * time.Millisecond
 
 // udpMaxMsg is the largest query a reader takes and the largest reply it
 // builds. Pages of the buffers that are never touched cost no memory.
@@ -312,13 +312,15 @@ func (s *Server) serveUDP(u *udpSocket, shard int) {
 	r := newUDPReader(s, u)
 	w := &r.w
 	timed := 0
-	for batches := 0; ; batches++ {
-		if batches%yieldEvery == 0 {
+	var yielded time.Time
+	for {
+		if now := time.Now(); now.Sub(yielded) > yieldEvery {
 			// A goroutine that never leaves its P looks stuck to sysmon,
 			// which after 10 ms takes the P from it in the middle of a
 			// wait, then polls every 20 µs for a while. Yielding now and
 			// then shows the reader is alive.
 			runtime.Gosched()
+			yielded = now
 		}
 		n, err := r.recv()
 		if err != nil {
