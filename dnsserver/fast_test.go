@@ -94,7 +94,8 @@ func BenchmarkServe(b *testing.B) {
 	}{
 		{"fast/A", query("ns1.example.org.", dns.TypeA)},
 		{"fast/A-noedns", query("mail.example.org.", dns.TypeA, noEDNS)},
-		{"slow/nxdomain", query("nothere.example.org.", dns.TypeA)},
+		{"fast/nxdomain", query("nothere.example.org.", dns.TypeA)},
+		{"fast/nodata", query("mail.example.org.", dns.TypeMX)},
 		{"slow/wildcard", query("x.wild.example.org.", dns.TypeA)},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
