@@ -39,6 +39,8 @@ const udpMaxMsg = 65535
 // udpSocket is one reader's socket: blocking, so that its reader waits in
 // the kernel.
 type udpSocket struct {
+	mu      sync.Mutex // orders wake against close: a closed fd's number may be reused
+	closed  bool
 	fd      int
 	local   netip.AddrPort
 	pktinfo bool // bound to a wildcard address (see pktinfo.go)
@@ -149,6 +151,15 @@ func zoneIndex(zone string) uint32 {
 
 func closeUDP(socks []*udpSocket) {
 	for _, u := range socks {
+		u.close()
+	}
+}
+
+func (u *udpSocket) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.closed {
+		u.closed = true
 		unix.Close(u.fd)
 	}
 }
@@ -157,7 +168,11 @@ func closeUDP(socks []*udpSocket) {
 // return what is waiting, then an empty datagram, once the socket is shut
 // for reading. (Closing a descriptor would not wake a thread blocked on it.)
 func (u *udpSocket) wake() {
-	unix.Shutdown(u.fd, unix.SHUT_RD) // ENOTCONN on an unconnected socket, but it wakes the reader
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.closed {
+		unix.Shutdown(u.fd, unix.SHUT_RD) // ENOTCONN on an unconnected socket, but it wakes the reader
+	}
 }
 
 // fdConn hands a descriptor to code written for a syscall.RawConn.
@@ -308,7 +323,7 @@ func sockaddrAddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
 // woken it and its socket is empty, then closes the socket.
 func (s *Server) serveUDP(u *udpSocket, shard int) {
 	defer s.wg.Done()
-	defer unix.Close(u.fd)
+	defer u.close()
 	r := newUDPReader(s, u)
 	w := &r.w
 	timed := 0
