@@ -34,7 +34,8 @@ run:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
-	.ci/dnsperf.sh 10 2
+	.ci/dnsperf.sh 5 3
+	.ci/rrl-bench.sh 10 2
 
 # FuzzServe: the example zone and a farm of pools, fast path against slow.
 # make fuzz FUZZTIME=10m runs it longer.

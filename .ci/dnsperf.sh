@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Throughput of farmdns against Knot DNS serving the same zone, in one run:
-# A B A B rounds, each server alone on core 0 (GOMAXPROCS=1, one Knot UDP
-# worker), dnsperf on core 1. Prints QPS, latency, server CPU and the ratio.
-# Then the cost of response rate limiting: the same mix from 8 dnsperf
-# processes in 8 client /24s, against farmdns without RRL and with it on at a
-# rate no client reaches.
-#   .ci/dnsperf.sh [seconds per round] [rounds]
+# farmdns against Knot DNS serving the same zone, in one run (make bench):
+# CPU per query at fixed rates (dnsperf -Q; process CPU time from
+# /proc/<pid>/stat over the run, divided by the queries answered), each
+# server alone on core 0 (GOMAXPROCS=1 against one Knot UDP worker) with
+# dnsperf on core 1; then QPS at saturation on 1 and 2 cores. The servers
+# take turns in each round; figures are medians with their range. Prints
+# one markdown table, the one README's performance section quotes.
+#   RATES="20000 50000 80000" SATURATION=1 .ci/dnsperf.sh [seconds per run] [rounds]
 set -euo pipefail
 secs=${1:-10}
 rounds=${2:-2}
@@ -18,6 +19,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 
 go build -o "$work/farmdns" ./cmd/farmdns
 
@@ -58,8 +60,6 @@ done
 
 port_farm=25353
 port_knot=25354
-port_rrl=25355
-port_rrl_http=25356
 cat >"$work/farmdns.yaml" <<CONF
 dns:
   listen: ["127.0.0.1:$port_farm"]
@@ -78,13 +78,6 @@ zones:
         service: ws
         answers: 3
 CONF
-# A second farmdns for RRL off against on: one process, switched by reload
-# (rrl_rate), so nothing but RRL differs. 8 prefixes share ~250k qps, ~1,500
-# NXDOMAIN/s per prefix for the zone, so the rate when on is above that:
-# every response is checked, none is limited (checked below), which is the
-# cost to measure.
-sed -e "s/127.0.0.1:$port_farm/127.0.0.1:$port_rrl/" -e "s/127.0.0.1:0/127.0.0.1:$port_rrl_http/" \
-  -e 's/^dns:$/dns:\n  rrl: {responses_per_second: 100000}/' "$work/farmdns.yaml" >"$work/farmdns-rrl.yaml"
 cat >"$work/knot.conf" <<CONF
 server:
     rundir: "$work"
@@ -104,85 +97,98 @@ zone:
     journal-content: none
 CONF
 
-GOMAXPROCS=1 taskset -c 0 "$work/farmdns" -config "$work/farmdns.yaml" & pids+=($!); farm_pid=$!
-GOMAXPROCS=1 taskset -c 0 "$work/farmdns" -config "$work/farmdns-rrl.yaml" & pids+=($!); rrl_pid=$!
-taskset -c 0 knotd -c "$work/knot.conf" & pids+=($!); knot_pid=$!
-for port in $port_farm $port_knot $port_rrl; do
-  for _ in $(seq 50); do dig +short +time=1 +tries=1 @127.0.0.1 -p $port host1.bench.example A >/dev/null 2>&1 && break; sleep 0.2; done
-done
-
-dig +short @127.0.0.1 -p $port_farm pool.bench.example A | grep -q . || { echo "the pool did not fill from Consul" >&2; exit 1; }
+# start <cores>: farmdns and Knot with that many cores each (1: both on
+# core 0, GOMAXPROCS=1 against one Knot UDP worker, dnsperf on core 1).
+start() {
+  [ -n "${farm_pid:-}" ] && kill "$farm_pid" "$knot_pid" && wait "$farm_pid" "$knot_pid" 2>/dev/null || true
+  sed -i "s/udp-workers: .*/udp-workers: $1/" "$work/knot.conf"
+  if [ "$1" = 1 ]; then pin="taskset -c 0"; else pin=""; fi
+  GOMAXPROCS=$1 $pin "$work/farmdns" -config "$work/farmdns.yaml" & pids+=($!); farm_pid=$!
+  $pin knotd -c "$work/knot.conf" & pids+=($!); knot_pid=$!
+  for port in $port_farm $port_knot; do
+    for _ in $(seq 50); do dig +short +time=1 +tries=1 @127.0.0.1 -p $port host1.bench.example A >/dev/null 2>&1 && break; sleep 0.2; done
+  done
+  for _ in $(seq 50); do dig +short @127.0.0.1 -p $port_farm pool.bench.example A | grep -q . && return; sleep 0.2; done
+  echo "the pool did not fill from Consul" >&2; exit 1
+}
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
-printf '%-14s %-6s %10s %12s %10s\n' server round qps "avg lat ms" "cpu %"
-# rrl_rate sets the second farmdns's RRL rate (0: off) and waits for the reload.
-rrl_rate() {
-  local before
-  before=$(curl -sf "127.0.0.1:$port_rrl_http/metrics" | awk '/^farmdns_config_last_reload_timestamp_seconds/ { print $2 }')
-  sed -i "s/responses_per_second: [0-9]*/responses_per_second: $1/" "$work/farmdns-rrl.yaml"
-  kill -HUP $rrl_pid
-  for _ in $(seq 100); do
-    [ "$(curl -sf "127.0.0.1:$port_rrl_http/metrics" | awk '/^farmdns_config_last_reload_timestamp_seconds/ { print $2 }')" != "$before" ] && return
-    sleep 0.1
-  done
-  echo "farmdns did not reload" >&2; exit 1
+# run <server> <file> [max qps]: one dnsperf run; prints "qps cpu-µs-per-query lost".
+run() {
+  local port=$port_farm pid=$farm_pid
+  [ "$1" = knot ] && port=$port_knot pid=$knot_pid
+  local client=(dnsperf) rate=()
+  [ -n "${3:-}" ] && rate=(-Q "$3")
+  [ "$cores" = 1 ] && client=(taskset -c 1 dnsperf)
+  local t0 t1 out
+  t0=$(cpu_ticks $pid)
+  out=$("${client[@]}" -s 127.0.0.1 -p $port -d "$work/$2" -l "$secs" -c 8 -q 200 -t 1 -S 0 "${rate[@]}" 2>&1)
+  t1=$(cpu_ticks $pid)
+  echo "$out" | awk -v ticks=$((t1 - t0)) -v hz="$hz" '
+    /Queries completed/ { done = $3 } /Queries lost/ { lost = $3 } /Queries per second/ { qps = $4 }
+    END { printf "%.0f %.2f %s\n", qps, done ? ticks / hz / done * 1e6 : 0, lost }'
 }
-# perf8 runs dnsperf from 8 client /24s at once (127.0.1.1 ... 127.0.8.1), 25
-# queries in flight each, and prints the summed report lines.
-perf8() {
-  local ps=()
-  for i in $(seq 8); do
-    taskset -c 1 dnsperf -a 127.0.$i.1 -s 127.0.0.1 -p "$1" -d "$work/$2" -l "$secs" -c 1 -q 25 -S 0 >"$work/perf$i" 2>&1 & ps+=($!)
-  done
-  wait "${ps[@]}"
-  cat "$work"/perf[1-8] | awk '/Queries per second/ { q += $4 } /Average Latency/ { l += $4; n++ } /Queries lost/ { lost += $3 }
-    END { printf "  Queries per second: %f\n  Average Latency (s): %f\n  Queries lost: %d\n", q, l / n, lost }'
-}
-declare -A total ticks
+
+# Every figure is the median of the rounds, with its range; the two servers
+# take turns within each round, so a neighbour's load hits both alike.
+declare -A res
+record() { res[$1]="${res[$1]:-} $2"; }
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%s [%s-%s]", m, v[1], v[NR] }'; }
+
+rates=${RATES:-20000 50000 80000}
+saturation=${SATURATION:-1} # 0: CPU per query only
+cores=1
+start 1
 for r in $(seq "$rounds"); do
-  # farmdns and knot on the 90/5/5 mix; farmdns on one static name and on a
-  # pool's name; farmdns without and with RRL, from 8 prefixes.
-  # RRL off and on swap places every round: drift falls on both alike.
-  pair="farmdns-8pfx rrl-on-8pfx"
-  [ $((r % 2)) = 0 ] && pair="rrl-on-8pfx farmdns-8pfx"
-  for s in farmdns knot farmdns-static farmdns-pool $pair; do
-    case $s in
-      farmdns) port=$port_farm pid=$farm_pid file=queries ;;
-      knot) port=$port_knot pid=$knot_pid file=queries ;;
-      farmdns-static) port=$port_farm pid=$farm_pid file=static-queries ;;
-      farmdns-pool) port=$port_farm pid=$farm_pid file=pool-queries ;;
-      farmdns-8pfx) port=$port_rrl pid=$rrl_pid file=queries; rrl_rate 0 ;;
-      rrl-on-8pfx) port=$port_rrl pid=$rrl_pid file=queries; rrl_rate 100000 ;;
-    esac
-    t0=$(cpu_ticks $pid)
-    case $s in
-      *-8pfx) out=$(perf8 $port $file) ;;
-      *) out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p $port -d "$work/$file" -l "$secs" -c 8 -q 200 -S 0 2>&1) ;;
-    esac
-    t1=$(cpu_ticks $pid)
-    qps=$(echo "$out" | awk '/Queries per second/ { print $4 }')
-    lat=$(echo "$out" | awk '/Average Latency/ { print $4 * 1000 }')
-    cpu=$(( (t1 - t0) * 100 / hz / secs ))
-    lost=$(echo "$out" | awk '/Queries lost/ { print $3 }')
-    printf '%-14s %-6s %10.0f %12.3f %10s   lost %s\n' $s $r "$qps" "$lat" "$cpu" "$lost"
-    total[$s]=$(awk -v a="${total[$s]:-0}" -v b="$qps" 'BEGIN { print a + b }')
-    ticks[$s]=$(( ${ticks[$s]:-0} + t1 - t0 ))
+  for rate in $rates; do
+    for s in farmdns knot farmdns-pool; do
+      file=queries server=${s%-pool}
+      [ "$s" = farmdns-pool ] && file=pool-queries
+      read -r qps us lost < <(run "$server" "$file" "$rate")
+      echo "round $r, $rate qps, $s: $qps qps, $us µs CPU per query, lost $lost" >&2
+      record "cpu $rate $s" "$us"
+    done
+  done
+  for s in farmdns knot farmdns-static farmdns-pool; do
+    [ "$saturation" = 1 ] || break
+    file=queries server=${s%-*}
+    [ "$s" = farmdns-static ] && file=static-queries
+    [ "$s" = farmdns-pool ] && file=pool-queries
+    read -r qps us lost < <(run "$server" "$file")
+    echo "round $r, saturation on 1 core, $s: $qps qps, lost $lost" >&2
+    record "qps 1 $s" "$qps"
   done
 done
-awk -v f="${total[farmdns]}" -v k="${total[knot]}" -v s="${total[farmdns-static]}" -v p="${total[farmdns-pool]}" -v n="$rounds" \
-  'BEGIN { printf "mean qps, 90/5/5 mix: farmdns %.0f, knot %.0f; farmdns/knot = %.2f\n", f / n, k / n, f / k
-           printf "mean qps, one name: farmdns static %.0f, pool %.0f; pool/static = %.2f\n", s / n, p / n, p / s }'
-awk -v off="${total[farmdns-8pfx]}" -v on="${total[rrl-on-8pfx]}" -v n="$rounds" \
-  'BEGIN { printf "mean qps, 90/5/5 mix from 8 client /24s: rrl off %.0f, on %.0f; on/off = %.2f\n", off / n, on / n, on / off }'
-# On a shared machine a server's QPS follows the CPU it gets; its CPU time
-# per query does not.
-awk -v off="${total[farmdns-8pfx]}" -v on="${total[rrl-on-8pfx]}" -v toff="${ticks[farmdns-8pfx]}" -v ton="${ticks[rrl-on-8pfx]}" \
-  -v hz="$hz" -v secs="$secs" \
-  'BEGIN { a = toff / hz / (off * secs) * 1e6; b = ton / hz / (on * secs) * 1e6
-           printf "server cpu per query, same: rrl off %.2f us, on %.2f us; qps per cpu on/off = %.2f\n", a, b, a / b }'
-# RRL was on and limited nobody: otherwise the comparison means nothing.
-curl -sf "127.0.0.1:$port_rrl_http/metrics" | grep '^farmdns_rrl_responses_total'
-curl -sf "127.0.0.1:$port_rrl_http/metrics" | awk '/^farmdns_rrl_responses_total\{action="pass"\}/ { pass = $2 }
-  /^farmdns_rrl_responses_total\{action="(drop|slip)"\}/ { limited += $2 }
-  END { if (pass == 0 || limited > 0) { print "rrl: passed " pass ", limited " limited ": not the comparison intended" > "/dev/stderr"; exit 1 } }'
+cores=2
+[ "$saturation" = 1 ] && start 2
+for r in $(seq "$rounds"); do
+  [ "$saturation" = 1 ] || break
+  for s in farmdns knot farmdns-static farmdns-pool; do
+    file=queries server=${s%-*}
+    [ "$s" = farmdns-static ] && file=static-queries
+    [ "$s" = farmdns-pool ] && file=pool-queries
+    read -r qps us lost < <(run "$server" "$file")
+    echo "round $r, saturation on 2 cores, $s: $qps qps, lost $lost" >&2
+    record "qps 2 $s" "$qps"
+  done
+done
+
+ratio() { awk -v a="$(median "${res[$1]}" | cut -d' ' -f1)" -v b="$(median "${res[$2]}" | cut -d' ' -f1)" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "farmdns against Knot $(knotd -V 2>/dev/null | awk '{ print $NF }'), $rounds rounds of ${secs}s, median [min-max]; load average before: $load"
+echo
+echo "| CPU per query (µs), one core each | farmdns (90/5/5 mix) | Knot (same mix) | knot/farmdns | farmdns pool name |"
+echo "|---|---|---|---|---|"
+for rate in $rates; do
+  echo "| at $rate qps | $(median "${res[cpu $rate farmdns]}") | $(median "${res[cpu $rate knot]}") | $(ratio "cpu $rate knot" "cpu $rate farmdns") | $(median "${res[cpu $rate farmdns-pool]}") |"
+done
+[ "$saturation" = 1 ] || exit 0
+echo
+echo "| QPS at saturation | farmdns (mix) | Knot (mix) | farmdns/knot | farmdns static name | farmdns pool name | pool/static |"
+echo "|---|---|---|---|---|---|---|"
+for c in 1 2; do
+  echo "| $c core$([ $c = 1 ] || echo s) | $(median "${res[qps $c farmdns]}") | $(median "${res[qps $c knot]}") | $(ratio "qps $c farmdns" "qps $c knot") | $(median "${res[qps $c farmdns-static]}") | $(median "${res[qps $c farmdns-pool]}") | $(ratio "qps $c farmdns-pool" "qps $c farmdns-static") |"
+done
+echo
+echo "Saturation: dnsperf runs on the other core (1 core) or shares both with the server (2 cores), so the client is often the limit."

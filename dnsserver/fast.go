@@ -21,7 +21,43 @@ import (
 // prepared is the set of ready-made replies of one State.
 type prepared struct {
 	names map[string][]preparedAnswer // by lower-case owner name in wire form
+	// complete: every name of every zone is in names, so that a name
+	// missing from it does not exist, and NXDOMAIN may be answered for it.
+	complete bool
 }
+
+// The negative answers are prepared too: at each name, a NODATA reply for
+// any of the plainType types it has none of, and, for the names below it
+// that do not exist, an NXDOMAIN reply. Both are taken from the slow path's
+// answer to a probe, and only kept when that answer is the plain one: a
+// CNAME, a wildcard, a delegation, a DNAME or a pool binding on the way
+// leaves those queries to the slow path.
+const (
+	exact     = iota // the reply to its own type
+	otherType        // NODATA for any plainType type not listed at the name
+	nxBelow          // NXDOMAIN for names below this one that do not exist
+)
+
+// plainType reports whether a qtype is answered like any type a name does not
+// hold: the common data types, and none with rules of its own (DS, ANY,
+// RRSIG, NSEC, transfers, meta types).
+func plainType(t uint16) bool {
+	switch t {
+	case dns.TypeA, dns.TypeNS, dns.TypeCNAME, dns.TypeSOA, dns.TypePTR, dns.TypeMX, dns.TypeTXT,
+		dns.TypeAAAA, dns.TypeSRV, dns.TypeNAPTR, dns.TypeSSHFP, dns.TypeTLSA, dns.TypeSVCB,
+		dns.TypeHTTPS, dns.TypeCAA:
+		return true
+	}
+	return false
+}
+
+// probeType is a type no zone holds (private use): a name's answer to it is
+// its answer to every plainType type it does not hold.
+const probeType = 65534
+
+// nxProbeLabel starts a name that should not exist below each name, to
+// learn what the names there that do not exist get.
+const nxProbeLabel = "nx--probe-farmdns"
 
 // preparedAnswer is the reply to one (name, type) question, class IN. For a
 // pool's name, the records are chosen for each query; body then holds the
@@ -30,10 +66,15 @@ type preparedAnswer struct {
 	zone       string // origin, for metrics
 	pool       int    // index into State.pools, if dynamic
 	dynamic    bool
+	kind       uint8 // exact, otherType or nxBelow
 	qtype      uint16
 	flags      uint16 // AA and rcode; RD and CD come from each query
 	an, ns, ar uint16
 	body       []byte // the sections after the question, compressed against it
+	// nxBelow: body was made for the probe's question, of probeLen octets;
+	// the compression pointers at ptrs move with the real question's length.
+	probeLen int
+	ptrs     []uint16
 }
 
 // maxPrepared bounds the replies kept per State: a huge zone is answered from
@@ -51,9 +92,11 @@ func prepare(st *State) *prepared {
 	}
 	buf := make([]byte, dns.MaxMsgSize)
 	count := 0
+	p.complete = true
 	for _, z := range st.Zones.Zones() {
 		z.Walk(func(name string, types []uint16) {
 			if count >= maxPrepared {
+				p.complete = false
 				return
 			}
 			key := make([]byte, 255)
@@ -74,6 +117,14 @@ func prepare(st *State) *prepared {
 					answers = append(answers, a)
 					count++
 				}
+			}
+			if name != statusLabel+z.Origin {
+				if a, ok := prepareOther(st, z, buf, name, types, n); ok {
+					answers = append(answers, a)
+				}
+			}
+			if a, ok := prepareNX(st, z, buf, name); ok {
+				answers = append(answers, a)
 			}
 			p.names[string(key[:n])] = answers
 		})
@@ -114,6 +165,106 @@ func prepareOne(st *State, z *zones.Zone, buf []byte, name string, qtype uint16,
 		ar:      binary.BigEndian.Uint16(out[10:]),
 		body:    slices.Clone(out[headerLen+nameLen+4:]),
 	}, true
+}
+
+// prepareOther prepares the NODATA reply a name gives every plainType type
+// it does not hold, if the slow path would give it for each of them.
+func prepareOther(st *State, z *zones.Zone, buf []byte, name string, types []uint16, nameLen int) (preparedAnswer, bool) {
+	for t := range uint16(dns.TypeCAA + 1) { // plainType types are all below CAA
+		if plainType(t) && !slices.Contains(types, t) && z.Lookup(name, t).Outcome != zones.NoData {
+			return preparedAnswer{}, false // a CNAME, a delegation, a binding...
+		}
+	}
+	a, ok := prepareOne(st, z, buf, name, probeType, nameLen)
+	if !ok || a.dynamic || a.flags != 1<<10 || a.an != 0 || a.ns != 1 || a.ar != 0 {
+		return preparedAnswer{}, false
+	}
+	a.kind, a.qtype, a.zone = otherType, 0, z.Origin
+	return a, true
+}
+
+// prepareNX prepares the NXDOMAIN reply for the names below name that do
+// not exist, if the slow path gives one: from a probe name below it, with
+// the compression pointers into its question noted, to be moved for each
+// query's own name.
+func prepareNX(st *State, z *zones.Zone, buf []byte, name string) (preparedAnswer, bool) {
+	probe := nxProbeLabel + "." + name
+	if len(probe) > 254 {
+		return preparedAnswer{}, false
+	}
+	if res := z.Lookup(probe, dns.TypeA); res.Outcome != zones.NameError || res.Wildcard {
+		return preparedAnswer{}, false
+	}
+	q := new(dns.Msg).SetQuestion(probe, dns.TypeA)
+	q.RecursionDesired = false
+	r, _, _ := answer(st, q, request{tcp: true})
+	if r.Rcode != dns.RcodeNameError || !r.Authoritative || len(r.Answer) != 0 || len(r.Ns) != 1 || len(r.Extra) != 0 {
+		return preparedAnswer{}, false
+	}
+	if _, ok := r.Ns[0].(*dns.SOA); !ok {
+		return preparedAnswer{}, false
+	}
+	var wire [256]byte
+	probeLen, err := dns.PackDomainName(probe, wire[:], 0, nil, false)
+	if err != nil {
+		return preparedAnswer{}, false
+	}
+	out, err := r.PackBuffer(buf)
+	if err != nil || len(out) < headerLen+probeLen+4 {
+		return preparedAnswer{}, false
+	}
+	body := slices.Clone(out[headerLen+probeLen+4:])
+	// The SOA: owner, type, class, TTL, length, then MNAME and RNAME.
+	var ptrs []uint16
+	off := 0
+	for i := range 3 {
+		end, ptr, ok := skipNamePtr(body, off)
+		if !ok {
+			return preparedAnswer{}, false
+		}
+		if ptr >= 0 {
+			// Only names within the encloser's part of the question, or
+			// within the body, are pointed at: they move by the same amount.
+			if target := int(binary.BigEndian.Uint16(body[ptr:]) & 0x3FFF); target < headerLen+len(nxProbeLabel)+1 {
+				return preparedAnswer{}, false
+			}
+			ptrs = append(ptrs, uint16(ptr))
+		}
+		off = end
+		if i == 0 {
+			off += 10
+		}
+	}
+	return preparedAnswer{
+		zone:     z.Origin,
+		kind:     nxBelow,
+		flags:    binary.BigEndian.Uint16(out[2:]) & (1<<10 | 0xF),
+		ns:       1,
+		body:     body,
+		probeLen: probeLen,
+		ptrs:     ptrs,
+	}, true
+}
+
+// skipNamePtr returns where the name at off in msg ends, and where its
+// compression pointer is (-1: none).
+func skipNamePtr(msg []byte, off int) (end, ptr int, ok bool) {
+	for off < len(msg) {
+		c := int(msg[off])
+		switch {
+		case c == 0:
+			return off + 1, -1, true
+		case c&0xC0 == 0xC0:
+			if off+2 > len(msg) {
+				return 0, 0, false
+			}
+			return off + 2, off, true
+		case c > 63:
+			return 0, 0, false
+		}
+		off += 1 + c
+	}
+	return 0, 0, false
 }
 
 // fastQuery is what the fast path needs from a query.
@@ -230,18 +381,11 @@ func fastAnswer(st *State, buf []byte, req request) (out []byte, info replyInfo,
 	if !ok {
 		return nil, info, false
 	}
-	var a *preparedAnswer
-	answers := st.prepared.names[string(q.key)]
-	for i := range answers {
-		if answers[i].qtype == q.qtype {
-			a = &answers[i]
-			break
-		}
-	}
+	a := findPrepared(st.prepared, q)
 	if a == nil {
 		return nil, info, false
 	}
-	info = replyInfo{answered: true, zone: a.zone, qtype: a.qtype, rcode: int(a.flags & 0xF), fast: true}
+	info = replyInfo{answered: true, zone: a.zone, qtype: q.qtype, rcode: int(a.flags & 0xF), fast: true}
 	if !st.Options.ECS {
 		q.ecs = subnet{} // ignored, as the slow path does
 	}
@@ -261,11 +405,69 @@ func fastAnswer(st *State, buf []byte, req request) (out []byte, info replyInfo,
 		return nil, info, false // the slow path truncates
 	}
 	out = appendHeader(buf[:0], req.wire, q, a.flags, a.an, a.ns, a.ar)
+	start := len(out)
 	out = append(out, a.body...)
+	if a.kind == nxBelow {
+		// The body was made for the probe's question; this one's name is
+		// longer or shorter by delta, and so is everything after it.
+		delta := len(q.key) - a.probeLen
+		for _, p := range a.ptrs {
+			at := start + int(p)
+			target := int(binary.BigEndian.Uint16(out[at:])&0x3FFF) + delta
+			binary.BigEndian.PutUint16(out[at:], 0xC000|uint16(target))
+		}
+	}
 	if q.edns {
 		out = appendOPT(out, st, q, q.ecs) // scope 0: the same answer for every client
 	}
 	return out, info, true
+}
+
+// isStatusName reports whether a wire-form name is _status.<something>,
+// which the slow path answers for allowed clients (statusTXT).
+func isStatusName(key []byte) bool {
+	l := len(statusLabel) - 1
+	return len(key) > l && int(key[0]) == l && string(key[1:1+l]) == statusLabel[:l]
+}
+
+// findPrepared returns the prepared reply to q, if any: its own type at its
+// name, else NODATA for a plain type the name lacks, else, for a name that
+// does not exist, the NXDOMAIN of its closest existing ancestor.
+func findPrepared(p *prepared, q fastQuery) *preparedAnswer {
+	answers, found := p.names[string(q.key)]
+	var other *preparedAnswer
+	for i := range answers {
+		switch a := &answers[i]; {
+		case a.kind == exact && a.qtype == q.qtype:
+			return a
+		case a.kind == otherType:
+			other = a
+		}
+	}
+	if !plainType(q.qtype) {
+		return nil
+	}
+	if found {
+		return other
+	}
+	if !p.complete || isStatusName(q.key) {
+		return nil
+	}
+	for off := int(q.key[0]) + 1; off < len(q.key); off += int(q.key[off]) + 1 {
+		answers, found := p.names[string(q.key[off:])]
+		if !found {
+			continue
+		}
+		// The closest encloser: if it has no NXDOMAIN ready (a wildcard,
+		// a delegation...), the slow path answers.
+		for i := range answers {
+			if answers[i].kind == nxBelow {
+				return &answers[i]
+			}
+		}
+		return nil
+	}
+	return nil
 }
 
 // appendHeader appends our header and the query's question.

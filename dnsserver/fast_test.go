@@ -101,7 +101,8 @@ func BenchmarkServe(b *testing.B) {
 		{"fast/A", query("ns1.example.org.", dns.TypeA), st},
 		{"fast/A-noedns", query("mail.example.org.", dns.TypeA, noEDNS), st},
 		{"fast/A-ecs", query("ns1.example.org.", dns.TypeA, withOption(ecsOpt(1, 24, 0, 192, 0, 2))), withECS},
-		{"slow/nxdomain", query("nothere.example.org.", dns.TypeA), st},
+		{"fast/nxdomain", query("nothere.example.org.", dns.TypeA), st},
+		{"fast/nodata", query("mail.example.org.", dns.TypeMX), st},
 		{"slow/wildcard", query("x.wild.example.org.", dns.TypeA), st},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
@@ -345,4 +346,54 @@ func respondMsg(t *testing.T, h *Handler, wire []byte, tcp bool, remote netip.Ad
 		t.Fatalf("reply does not parse: %v", err)
 	}
 	return r, info
+}
+
+// NXDOMAIN and NODATA replies are prepared like positive ones, for names of
+// any length and case below an existing name, and agree with the slow path
+// (byte for byte when the name is in lower case: miekg/dns compresses names
+// only against the same spelling); names where a wildcard, a delegation or a CNAME decides
+// are left to the slow path.
+func TestFastPathNegative(t *testing.T) {
+	st := testState(t)
+	slow := &State{Zones: st.Zones, Options: st.Options}
+	for _, c := range []struct {
+		name  string
+		qtype uint16
+		fast  bool
+	}{
+		{"nothere.example.org.", dns.TypeA, true},
+		{"A.Much.Longer.Name.That.Is.Not.There.Example.ORG.", dns.TypeMX, true},
+		{"x.www.example.org.", dns.TypeAAAA, true},
+		{"mail.example.org.", dns.TypeMX, true},   // NODATA
+		{"www.example.org.", dns.TypeMX, false},   // a CNAME
+		{"mail.example.org.", dns.TypeSRV, true},  // NODATA
+		{"example.org.", dns.TypeCAA, true},       // NODATA at the apex
+		{"x.wild.example.org.", dns.TypeA, false}, // the wildcard
+		{"x.deleg.example.org.", dns.TypeA, false},
+		{"nothere.example.org.", dns.TypeDS, false},
+		{"nothere.example.org.", dns.TypeANY, false},
+		{"_status.example.org.", dns.TypeTXT, false},
+	} {
+		for _, opts := range [][]func(*dns.Msg){nil, {noEDNS}, {withOption(&dns.EDNS0_NSID{Code: dns.EDNS0NSID})}} {
+			wire := mustPack(t, query(c.name, c.qtype, opts...))
+			f, _, ok := fastAnswer(st, make([]byte, 65535), request{wire: wire})
+			if ok != c.fast {
+				t.Errorf("%s %s: fast path %v, want %v", c.name, dns.TypeToString[c.qtype], ok, c.fast)
+				continue
+			}
+			if !ok {
+				continue
+			}
+			s, _ := NewHandler(slow, testLogger(t)).respond(discard{}, make([]byte, 65535), request{wire: wire})
+			fm, sm := new(dns.Msg), new(dns.Msg)
+			if err := fm.Unpack(f); err != nil {
+				t.Fatalf("%s %s: %v", c.name, dns.TypeToString[c.qtype], err)
+			}
+			sm.Unpack(s)
+			if strings.ToLower(fm.String()) != strings.ToLower(sm.String()) ||
+				c.name == strings.ToLower(c.name) && string(f) != string(s) {
+				t.Errorf("%s %s: fast %x\nslow %x", c.name, dns.TypeToString[c.qtype], f, s)
+			}
+		}
+	}
 }

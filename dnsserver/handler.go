@@ -130,6 +130,7 @@ type request struct {
 	tcp    bool
 	remote netip.Addr
 	start  time.Time // when the query was read
+	shard  int       // the reader's own metrics counters (see metrics.go)
 }
 
 // serve answers one query. buf is scratch space for the response.
@@ -154,7 +155,7 @@ func (h *Handler) serve(w writer, buf []byte, req request) {
 		w.write(out)
 	}
 	if info.answered {
-		h.metrics.count(info.zone, req.tcp, info.qtype, info.rcode, info.truncated, req.start)
+		h.metrics.count(req.shard, info.zone, req.tcp, info.qtype, info.rcode, info.truncated, req.start)
 		if logged {
 			h.queryLog.write(h.log, req, out, info)
 		}

@@ -1,6 +1,7 @@
 package dnsserver
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,30 +70,59 @@ const (
 
 var protoNames = [2]string{"udp", "tcp"}
 
-// zoneCounters counts one zone's queries by transport, type and rcode.
-type zoneCounters [2][len(qtypeNames)][numRcodes]atomic.Uint64
+// zoneCounters counts one zone's queries by transport, type and rcode, in
+// a shard per reader (see counterShards).
+type zoneCounters []*zoneShard
+
+type zoneShard struct {
+	_ [64]byte // no cache line shared with another shard
+	n [2][len(qtypeNames)][numRcodes]atomic.Uint64
+	_ [64]byte
+}
+
+func newZoneCounters(shards int) zoneCounters {
+	zc := make(zoneCounters, shards)
+	for i := range zc {
+		zc[i] = new(zoneShard)
+	}
+	return zc
+}
+
+// durationBuckets are the latency histogram's upper bounds: 1 µs to 65 ms,
+// as a fast-path reply takes well under a microsecond.
+var durationBuckets = prometheus.ExponentialBuckets(1e-6, 4, numDurationBuckets)
+
+const numDurationBuckets = 9
+
+// counterShard is one reader's truncation count and latency histogram.
+type counterShard struct {
+	_         [64]byte
+	truncated [2]atomic.Uint64
+	buckets   [2][numDurationBuckets]atomic.Uint64 // not cumulative
+	count     [2]atomic.Uint64
+	sumNs     [2]atomic.Uint64
+	_         [64]byte
+}
+
+// counterShards is how many shards the counters have. Each UDP reader
+// counts into the shard of its number (modulo this), so that readers on
+// different cores never write the same cache line: a shared counter would
+// be a lock in all but name. TCP and direct callers use shard 0.
+func counterShards() int { return max(1, runtime.GOMAXPROCS(0)) }
 
 // metrics is the handler's bookkeeping.
 type metrics struct {
-	mu    sync.Mutex // serialises adding zones; readers never lock
-	zones atomic.Pointer[map[string]*zoneCounters]
-
-	truncated [2]atomic.Uint64
-	duration  [2]prometheus.Histogram
+	mu     sync.Mutex // serialises adding zones; readers never lock
+	zones  atomic.Pointer[map[string]zoneCounters]
+	shards []*counterShard
 }
 
 func newMetrics() *metrics {
-	m := &metrics{}
-	m.zones.Store(&map[string]*zoneCounters{noZone: {}})
-	for i, p := range protoNames {
-		m.duration[i] = prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:        "farmdns_dns_request_duration_seconds",
-			Help:        "Time from reading a query to having its reply ready to send (UDP: a sample of one query in 8).",
-			ConstLabels: prometheus.Labels{"proto": p},
-			// 1 µs to 65 ms: a fast-path reply takes well under a microsecond.
-			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 9),
-		})
+	m := &metrics{shards: make([]*counterShard, counterShards())}
+	for i := range m.shards {
+		m.shards[i] = new(counterShard)
 	}
+	m.zones.Store(&map[string]zoneCounters{noZone: newZoneCounters(len(m.shards))})
 	return m
 }
 
@@ -114,37 +144,49 @@ func (m *metrics) addZones(st *State) {
 	if !grown {
 		return
 	}
-	next := make(map[string]*zoneCounters, len(old)+1)
+	next := make(map[string]zoneCounters, len(old)+1)
 	for k, v := range old {
 		next[k] = v
 	}
 	for _, z := range st.Zones.Zones() {
 		if next[z.Origin] == nil {
-			next[z.Origin] = &zoneCounters{}
+			next[z.Origin] = newZoneCounters(len(m.shards))
 		}
 	}
 	m.zones.Store(&next)
 }
 
-// count records one answered query.
-func (m *metrics) count(zone string, tcp bool, qtype uint16, rcode int, truncated bool, start time.Time) {
+// count records one answered query in the given shard.
+func (m *metrics) count(shard int, zone string, tcp bool, qtype uint16, rcode int, truncated bool, start time.Time) {
 	proto := 0
 	if tcp {
 		proto = 1
 	}
-	zc := (*m.zones.Load())[zone]
+	zones := *m.zones.Load()
+	zc := zones[zone]
 	if zc == nil {
-		zc = (*m.zones.Load())[noZone]
+		zc = zones[noZone]
 	}
 	if rcode < 0 || rcode >= numRcodes {
 		rcode = dns.RcodeServerFailure
 	}
-	zc[proto][qtypeIndex(qtype)][rcode].Add(1)
+	shard %= len(m.shards)
+	zc[shard].n[proto][qtypeIndex(qtype)][rcode].Add(1)
+	sh := m.shards[shard]
 	if truncated {
-		m.truncated[proto].Add(1)
+		sh.truncated[proto].Add(1)
 	}
 	if !start.IsZero() { // not every query is timed; see udpTimingSample
-		m.duration[proto].Observe(time.Since(start).Seconds())
+		d := time.Since(start)
+		b := 0
+		for b < len(durationBuckets) && d.Seconds() > durationBuckets[b] {
+			b++
+		}
+		if b < len(durationBuckets) {
+			sh.buckets[proto][b].Add(1)
+		}
+		sh.count[proto].Add(1)
+		sh.sumNs[proto].Add(uint64(max(d, 0)))
 	}
 }
 
@@ -152,6 +194,7 @@ var (
 	requestsDesc  = prometheus.NewDesc("farmdns_dns_requests_total", "DNS queries answered, by zone, transport, query type and rcode.", []string{"zone", "proto", "qtype", "rcode"}, nil)
 	truncatedDesc = prometheus.NewDesc("farmdns_dns_truncated_total", "UDP replies sent with TC set.", []string{"proto"}, nil)
 	panicsDesc    = prometheus.NewDesc("farmdns_dns_panics_total", "Queries whose handling panicked; each was answered SERVFAIL.", nil, nil)
+	durationDesc  = prometheus.NewDesc("farmdns_dns_request_duration_seconds", "Time from reading a query to having its reply ready to send (UDP: a sample of one query in 8).", []string{"proto"}, nil)
 )
 
 // collector exposes a Handler's counters.
@@ -164,18 +207,26 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- requestsDesc
 	ch <- truncatedDesc
 	ch <- panicsDesc
-	for _, d := range c.h.metrics.duration {
-		d.Describe(ch)
-	}
+	ch <- durationDesc
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	m := c.h.metrics
 	for zone, zc := range *m.zones.Load() {
-		for p := range zc {
-			for q := range zc[p] {
-				for r := range zc[p][q] {
-					if n := zc[p][q][r].Load(); n > 0 {
+		var sum [2][len(qtypeNames)][numRcodes]uint64
+		for _, sh := range zc {
+			for p := range sh.n {
+				for q := range sh.n[p] {
+					for r := range sh.n[p][q] {
+						sum[p][q][r] += sh.n[p][q][r].Load()
+					}
+				}
+			}
+		}
+		for p := range sum {
+			for q := range sum[p] {
+				for r, n := range sum[p][q] {
+					if n > 0 {
 						ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, float64(n),
 							zone, protoNames[p], qtypeNames[q], rcodeName(r))
 					}
@@ -184,8 +235,24 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for p, name := range protoNames {
-		ch <- prometheus.MustNewConstMetric(truncatedDesc, prometheus.CounterValue, float64(m.truncated[p].Load()), name)
-		m.duration[p].Collect(ch)
+		var truncated, count, sumNs uint64
+		buckets := make(map[float64]uint64, len(durationBuckets))
+		var cum uint64
+		for b, le := range durationBuckets {
+			for _, sh := range m.shards {
+				cum += sh.buckets[p][b].Load()
+			}
+			buckets[le] = cum
+		}
+		for _, sh := range m.shards {
+			truncated += sh.truncated[p].Load()
+			count += sh.count[p].Load()
+			sumNs += sh.sumNs[p].Load()
+		}
+		ch <- prometheus.MustNewConstMetric(truncatedDesc, prometheus.CounterValue, float64(truncated), name)
+		// Loaded one after the other, count may run ahead of the buckets by
+		// a query or two: harmless in a histogram read at scrape time.
+		ch <- prometheus.MustNewConstHistogram(durationDesc, max(count, cum), float64(sumNs)/1e9, buckets, name)
 	}
 	ch <- prometheus.MustNewConstMetric(panicsDesc, prometheus.CounterValue, float64(c.h.panics.Load()))
 }

@@ -7,16 +7,17 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Server serves a Handler on UDP and TCP. Set its fields, then call Start.
+//
+// Each address is served over UDP by one reader per core Go had at start,
+// each with a socket of its own (see udp_linux.go). Start raises GOMAXPROCS
+// by one so that a P stays idle while the readers wait in the kernel.
 type Server struct {
 	// Handler answers the queries.
 	Handler *Handler
@@ -40,8 +41,11 @@ type Server struct {
 	// Log receives errors and state changes; never one line per query.
 	Log *slog.Logger
 
-	udp []*udpSocket
-	tcp []*net.TCPListener
+	udp   []*udpSocket // every reader's socket
+	bound []netip.AddrPort
+	tcp   []*net.TCPListener
+
+	readers int // UDP readers (and sockets) per address; 0: defaultReaders
 
 	tcpLimits atomic.Pointer[tcpLimits]
 	closing   atomic.Bool // Shutdown began
@@ -72,22 +76,26 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.conns = map[*tcpConn]struct{}{}
 	s.prefixes = map[netip.Prefix]int{}
+	if s.readers == 0 {
+		s.readers = defaultReaders()
+	}
 	for _, addr := range s.Addrs {
-		u, t, err := listen(ctx, addr)
+		u, t, err := listen(ctx, addr, s.readers)
 		if err != nil {
+			closeUDP(s.udp)
 			s.closeAll()
 			return err
 		}
-		s.udp = append(s.udp, u)
+		s.udp = append(s.udp, u...)
+		s.bound = append(s.bound, u[0].local)
 		s.tcp = append(s.tcp, t)
 	}
-	for _, u := range s.udp {
-		// One reader per core: each answers its query to the end before
-		// reading the next, so nothing is queued in Go.
-		for range runtime.GOMAXPROCS(0) {
-			s.wg.Add(1)
-			go s.serveUDP(u)
-		}
+	spareP(s.readers)
+	// One reader per core and socket: each answers its queries to the end
+	// before reading more, so nothing is queued in Go.
+	for i, u := range s.udp {
+		s.wg.Add(1)
+		go s.serveUDP(u, i)
 	}
 	for _, t := range s.tcp {
 		s.wg.Add(1)
@@ -96,70 +104,48 @@ func (s *Server) Start(ctx context.Context) error {
 	return nil
 }
 
-// udpSocket is one bound UDP socket.
-type udpSocket struct {
-	conn *net.UDPConn
-	raw  syscall.RawConn
-	// pktinfo: bound to a wildcard address, so each query's destination is
-	// read and its reply sent from it (see pktinfo.go).
-	pktinfo bool
-	v6      bool // an IPv6 socket (perhaps dual-stack): replies carry IPV6_PKTINFO
-}
-
-// listen binds addr on UDP, then TCP on the same port. With port 0 the port
-// the kernel picked for UDP may be taken on TCP: then it tries another.
-func listen(ctx context.Context, addr string) (*udpSocket, *net.TCPListener, error) {
-	host, port, _ := net.SplitHostPort(addr)
+// listen binds addr on UDP, a socket per reader, then TCP on the same
+// port. With port 0 the port the kernel picked for UDP may be taken on TCP:
+// then it tries another.
+func listen(ctx context.Context, addr string, readers int) ([]*udpSocket, *net.TCPListener, error) {
+	_, port, _ := net.SplitHostPort(addr)
 	tries := 1
 	if port == "0" {
 		tries = 20
 	}
-	udpNet, tcpNet := "udp", "tcp"
-	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
+	tcpNet := "tcp"
+	if a, err := netip.ParseAddr(addrHost(addr)); err == nil && a.Is4() {
 		// 0.0.0.0 means IPv4, as for other servers; Go would otherwise
 		// bind it as a dual-stack IPv6 socket.
-		udpNet, tcpNet = "udp4", "tcp4"
-	}
-	u := &udpSocket{pktinfo: wildcardHost(host)}
-	var ulc net.ListenConfig
-	if u.pktinfo {
-		ulc.Control = func(network, _ string, c syscall.RawConn) error {
-			u.v6 = network == "udp6"
-			return enablePktinfo(network, c)
-		}
+		tcpNet = "tcp4"
 	}
 	var lc net.ListenConfig
 	for i := 1; ; i++ {
-		pc, err := ulc.ListenPacket(ctx, udpNet, addr)
+		u, err := listenUDP(addr, readers)
 		if err != nil {
-			return nil, nil, fmt.Errorf("dns listen %s: %w", addr, err)
+			return nil, nil, err
 		}
-		u.conn = pc.(*net.UDPConn)
-		u.conn.SetReadBuffer(udpReadBuffer) // best effort: the kernel caps it
-		if u.raw, err = u.conn.SyscallConn(); err != nil {
-			u.conn.Close()
-			return nil, nil, fmt.Errorf("dns listen %s: %w", addr, err)
-		}
-		tcpAddr := u.conn.LocalAddr().String()
+		tcpAddr := u[0].local.String()
 		l, err := lc.Listen(ctx, tcpNet, tcpAddr)
 		if err == nil {
 			return u, l.(*net.TCPListener), nil
 		}
-		u.conn.Close()
+		closeUDP(u)
 		if i == tries {
 			return nil, nil, fmt.Errorf("dns listen %s/tcp: %w", tcpAddr, err)
 		}
 	}
 }
 
+func addrHost(addr string) string {
+	host, _, _ := net.SplitHostPort(addr)
+	return host
+}
+
 // BoundAddrs returns the bound UDP addresses, in the order of s.Addrs; TCP uses the
 // same ones.
 func (s *Server) BoundAddrs() []netip.AddrPort {
-	out := make([]netip.AddrPort, len(s.udp))
-	for i, u := range s.udp {
-		out[i] = u.conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	}
-	return out
+	return slices.Clone(s.bound)
 }
 
 // Shutdown stops accepting connections and answers every query that reached
@@ -178,7 +164,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, u := range s.udp {
-		u.conn.SetReadDeadline(now) // wakes the readers to drain, then end
+		u.wake() // the reader answers what is queued, then closes the socket
 	}
 	for _, t := range s.tcp {
 		t.Close()
@@ -195,10 +181,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// closeAll closes the TCP side. Each UDP reader closes its own socket when
+// it returns: a descriptor closed under a reader could be reused by anything.
 func (s *Server) closeAll() {
-	for _, u := range s.udp {
-		u.conn.Close()
-	}
 	for _, t := range s.tcp {
 		t.Close()
 	}
@@ -207,117 +192,6 @@ func (s *Server) closeAll() {
 		tc.c.Close()
 	}
 	s.mu.Unlock()
-}
-
-// udpWriter sends the replies of one UDP reader. write is the one place a
-// UDP reply is sent.
-type udpWriter struct {
-	sock *udpSocket
-	to   netip.AddrPort
-	// On a wildcard socket: where the query was sent, the reply's source.
-	dst     netip.Addr
-	ifindex uint32
-	oob     []byte
-	rrl     *rrlState
-	slip    []byte // scratch for truncated replies
-}
-
-func (w *udpWriter) write(msg []byte) error {
-	if l := w.rrl.limiter.Load(); l != nil {
-		if msg = w.rrl.limit(l, w.to.Addr(), msg, &w.slip); msg == nil {
-			return nil
-		}
-	}
-	if !w.sock.pktinfo {
-		_, err := w.sock.conn.WriteToUDPAddrPort(msg, w.to)
-		return err
-	}
-	var oob []byte
-	if w.dst.IsValid() {
-		oob = appendPktinfo(w.oob[:0], w.sock.v6, w.dst, w.ifindex)
-		w.oob = oob
-	}
-	_, _, err := w.sock.conn.WriteMsgUDPAddrPort(msg, oob, w.to)
-	return err
-}
-
-// read reads one query into in and readies w to answer it.
-func (w *udpWriter) read(in, oob []byte) (int, error) {
-	if !w.sock.pktinfo {
-		n, from, err := w.sock.conn.ReadFromUDPAddrPort(in)
-		w.to = from
-		return n, err
-	}
-	n, oobn, _, from, err := w.sock.conn.ReadMsgUDPAddrPort(in, oob)
-	w.to = from
-	w.dst, w.ifindex, _ = parsePktinfo(oob[:oobn])
-	return n, err
-}
-
-// readNow is read for draining at Shutdown: it does not wait, whatever the
-// socket's read deadline, and reports false once nothing is left.
-func (w *udpWriter) readNow(in, oob []byte) (int, bool) {
-	var n, oobn int
-	var from unix.Sockaddr
-	var err error
-	cerr := w.sock.raw.Control(func(fd uintptr) {
-		n, oobn, _, from, err = unix.Recvmsg(int(fd), in, oob, unix.MSG_DONTWAIT)
-	})
-	if cerr != nil || err != nil {
-		return 0, false
-	}
-	switch sa := from.(type) {
-	case *unix.SockaddrInet4:
-		w.to = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		w.to = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-	default:
-		return 0, false
-	}
-	w.dst, w.ifindex, _ = parsePktinfo(oob[:oobn])
-	return n, true
-}
-
-func (s *Server) serveUDP(u *udpSocket) {
-	defer s.wg.Done()
-	in := make([]byte, 65535)
-	out := make([]byte, 65535)
-	var oob []byte
-	if u.pktinfo {
-		oob = make([]byte, oobSize)
-	}
-	w := &udpWriter{sock: u, oob: make([]byte, 0, oobSize), rrl: &s.rrl}
-	for i := 0; ; i++ {
-		n, err := w.read(in, oob)
-		if err != nil {
-			if isTimeout(err) && s.closing.Load() {
-				s.drainUDP(w, in, out, oob)
-				return
-			}
-			if errors.Is(err, net.ErrClosed) || isTimeout(err) {
-				return
-			}
-			s.Log.Warn("udp read", "err", err)
-			continue
-		}
-		var start time.Time
-		if i%udpTimingSample == 0 {
-			start = time.Now()
-		}
-		s.Handler.serve(w, out, request{wire: in[:n], remote: w.to.Addr(), start: start})
-	}
-}
-
-// drainUDP answers the queries left in the socket's receive buffer when
-// Shutdown began: the read deadline that woke the reader would drop them.
-func (s *Server) drainUDP(w *udpWriter, in, out, oob []byte) {
-	for {
-		n, ok := w.readNow(in, oob)
-		if !ok {
-			return
-		}
-		s.Handler.serve(w, out, request{wire: in[:n], remote: w.to.Addr()})
-	}
 }
 
 func isTimeout(err error) bool {

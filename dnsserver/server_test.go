@@ -136,6 +136,7 @@ func TestShutdownAnswersQueriesInFlight(t *testing.T) {
 		defer c.Close()
 		for range 50 {
 			q := query("example.org.", dns.TypeA)
+			q.Id = uint16(len(udpQs) + 1) // distinct: two random IDs on one socket would collide 1 run in 15
 			b, _ := q.Pack()
 			if _, err := c.WriteTo(b, net.UDPAddrFromAddrPort(srv.BoundAddrs()[0])); err != nil {
 				t.Fatal(err)
