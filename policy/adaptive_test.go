@@ -127,3 +127,27 @@ func TestFailureWave(t *testing.T) {
 		}
 	}
 }
+
+// TestShortenedAskerKeepsItsSlot: an asker given TTL 0 is a busy one, and
+// its slot in the asker table is not handed to another key that happens to
+// share it (100,000 resolvers share 4,096 slots): it would lose its TTL 0
+// for one full-TTL answer, the one a failure wave may meet.
+func TestShortenedAskerKeepsItsSlot(t *testing.T) {
+	cfg := testConfig()
+	cfg.TTLJitter = 0
+	p := NewPool(cfg, targets(10), nil, nil, t0)
+	const busy = 7
+	other := uint64(busy + 1)
+	for mix(other)%askerSlots != mix(busy)%askerSlots {
+		other++
+	}
+	ttls, now := askEvery(p, busy, 0, 50*time.Millisecond, 30)
+	if ttls[len(ttls)-1] != 0 {
+		t.Fatalf("busy asker TTLs %v", ttls)
+	}
+	dst := make([]int, 0, MaxAnswers)
+	p.Choose(dst, IPv4, other, at(now))
+	if _, ttl, _ := p.Choose(dst, IPv4, busy, at(now+20*time.Millisecond)); ttl != 0 {
+		t.Errorf("busy asker's TTL %d after another key shared its slot", ttl)
+	}
+}

@@ -91,7 +91,7 @@ func (p *Pool) ChooseN(dst []int, fam Family, key uint64, now int64, n int) (pic
 	}
 	k := min(n, len(list))
 	var a asker
-	p.ch.askers.load(key, now, &a)
+	p.ch.askers.load(key, now, int64(p.cfg.TTL), &a)
 	var size, wait float64
 	if p.sticky(&a, now) {
 		// The same asker again, e.g. the AAAA question after the A one.
@@ -429,7 +429,7 @@ func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng,
 	if out == OutcomeAnswer {
 		var a asker
 		var wait float64
-		p.ch.askers.load(key, now, &a)
+		p.ch.askers.load(key, now, int64(p.cfg.TTL), &a)
 		if p.sticky(&a, now) {
 			if s, ok := p.shardByID[a.ids[0]]; ok && p.shards[s].eligible && len(p.shards[s].lbs[fam]) > 0 {
 				si = s

@@ -68,7 +68,9 @@ func Scenarios(seed uint64) []Scenario {
 	anon.Name, anon.NewKeys = "anonymous-resolvers", true
 	top := b
 	top.Name, top.TopClamps = "top-resolver-clamps", true
-	return []Scenario{b, reports15, mixed, heavy, two, burst, anon, top, Wave(seed), ECS(seed)}
+	dereg := burst
+	dereg.Name, dereg.DetectDelay = "deregister-burst", 0
+	return []Scenario{b, reports15, mixed, heavy, two, burst, anon, top, dereg, Wave(seed), ECS(seed), ManyAskers(seed)}
 }
 
 // Wave is the baseline in which the busiest target dies and all its
@@ -89,5 +91,16 @@ func Wave(seed uint64) Scenario {
 func ECS(seed uint64) Scenario {
 	sc := Baseline(seed)
 	sc.Name, sc.ECSShare, sc.ECSSubnets = "ecs", 0.3, 1000
+	return sc
+}
+
+// ManyAskers is the wave scenario with 100,000 more askers, each quiet,
+// that carry 30% of all clients between them (a public resolver that
+// rotates through many source addresses, or ECS subnets): far more keys
+// than the asker table has slots, while the busy resolvers must still be
+// told from the quiet ones.
+func ManyAskers(seed uint64) Scenario {
+	sc := Wave(seed)
+	sc.Name, sc.ECSShare, sc.ECSSubnets = "wave-100k-askers", 0.3, 100000
 	return sc
 }
