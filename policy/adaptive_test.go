@@ -89,8 +89,10 @@ func TestAdaptiveTTLKeepsStickiness(t *testing.T) {
 		}
 		a = append(a[:0], c...)
 	}
-	if fresh == 0 {
-		t.Error("questions 50 ms apart of a TTL 0 asker all got the same first record")
+	// Without the shorter window, 500 ms of stickiness would repeat the
+	// first record for 10 questions in a row.
+	if fresh < 10 {
+		t.Errorf("questions 50 ms apart of a TTL 0 asker: the first record changed %d times in 19", fresh)
 	}
 }
 
