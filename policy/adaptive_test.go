@@ -14,6 +14,15 @@ import (
 // when it would ask next.
 func askEvery(p *Pool, key uint64, start, gap time.Duration, n int) ([]uint32, time.Duration) {
 	r := rand.New(rand.NewPCG(key, 1))
+	return ask(p, key, start, n, func() time.Duration { return time.Duration(r.ExpFloat64() * float64(gap)) })
+}
+
+// askFixed is askEvery with a wait of exactly gap each time.
+func askFixed(p *Pool, key uint64, start, gap time.Duration, n int) ([]uint32, time.Duration) {
+	return ask(p, key, start, n, func() time.Duration { return gap })
+}
+
+func ask(p *Pool, key uint64, start time.Duration, n int, wait func() time.Duration) ([]uint32, time.Duration) {
 	dst := make([]int, 0, MaxAnswers)
 	var ttls []uint32
 	now := start
@@ -21,7 +30,7 @@ func askEvery(p *Pool, key uint64, start, gap time.Duration, n int) ([]uint32, t
 		var ttl uint32
 		dst, ttl, _ = p.Choose(dst, IPv4, key, at(now))
 		ttls = append(ttls, ttl)
-		now += time.Duration(ttl)*time.Second + time.Duration(r.ExpFloat64()*float64(gap))
+		now += time.Duration(ttl)*time.Second + wait()
 	}
 	return ttls, now
 }
@@ -42,8 +51,9 @@ func TestAdaptiveTTL(t *testing.T) {
 		{"busy, round-robin", time.Second, 0, RoundRobin, 50 * time.Millisecond, 1, 1},
 		// Back 4 s after each expiry: 1.25 clients an answer.
 		{"quiet", time.Second, 0, LeastLoaded, 4 * time.Second, 1, 1},
-		// About 4 clients a second: an answer of 1 or 2 s brings 5 or 9.
-		{"ttl 5s", 5 * time.Second, 0, LeastLoaded, 250 * time.Millisecond, 1, 2},
+		// About 1 client a second: an answer of 3 s brings 4 (the limit),
+		// one of 5 s 6; the noise of the waits moves it by a second.
+		{"ttl 5s", 5 * time.Second, 0, LeastLoaded, time.Second, 2, 4},
 		{"ttl 5s, ttl_min 3s", 5 * time.Second, 3 * time.Second, LeastLoaded, 250 * time.Millisecond, 3, 3},
 	} {
 		cfg := testConfig()
@@ -111,19 +121,23 @@ func TestFailureWave(t *testing.T) {
 		cfg := testConfig()
 		cfg.TTLJitter = 0
 		p := NewPool(cfg, targets(10), nil, nil, t0)
-		// Back 500 ms after each expiry: 3 clients an answer, under 8.
-		ttls, end := askEvery(p, 9, 0, 500*time.Millisecond, 20)
+		// Back 700 ms after each expiry: 2.4 clients an answer, under
+		// the limit of 4 and over the wave's limit of 2.
+		ttls, end := askFixed(p, 9, 0, 700*time.Millisecond, 20)
 		if ttls[len(ttls)-1] != 1 {
 			t.Fatalf("%s: steady TTLs %v", c.name, ttls)
 		}
 		p = NewPool(cfg, c.kill(targets(10)), nil, p, t0.Add(end))
-		ttls, _ = askEvery(p, 9, end, 500*time.Millisecond, 5)
+		ttls, end = askFixed(p, 9, end, 700*time.Millisecond, 5)
 		if ttls[len(ttls)-1] != 0 {
 			t.Errorf("%s: TTLs in the wave %v, want 0 at last", c.name, ttls)
 		}
+		// Slower now, 1.5 clients an answer: over half the wave's limit,
+		// so a shortened asker would stay shortened in a wave, and under
+		// the limit of 4 after it.
 		end += time.Duration(waveLength)
 		p = NewPool(cfg, c.kill(targets(10)), nil, p, t0.Add(end))
-		ttls, _ = askEvery(p, 9, end, 500*time.Millisecond, 15)
+		ttls, _ = askFixed(p, 9, end, 2*time.Second, 5)
 		if ttls[len(ttls)-1] != 1 {
 			t.Errorf("%s: TTLs after the wave %v, want 1", c.name, ttls)
 		}

@@ -187,7 +187,7 @@ func DefaultConfig() Config {
 		Answers:        3,
 		TTL:            time.Second,
 		TTLMin:         0,
-		HerdClients:    8,
+		HerdClients:    4,
 		Policy:         LeastLoaded,
 		OnEmpty:        EmptyFailOpen,
 		SlowStart:      45 * time.Second,

@@ -77,8 +77,7 @@ func TestClosedLoopBalance(t *testing.T) {
 	dead := ""           // the address of the node that died
 	var wave []time.Time // when its clients reconnect
 	var leaving departures
-	var steady []float64
-	peak := 0.0
+	var steady, after []float64
 	start := time.Now()
 	nextReport, nextSample, nextArrival := start, start, start
 	// connect brings one client through resolver r: it takes the first
@@ -159,11 +158,13 @@ func TestClosedLoopBalance(t *testing.T) {
 			case el >= warmUp && el < failAt:
 				steady = append(steady, ratio)
 			case el >= failAt:
-				peak = math.Max(peak, ratio)
+				after = append(after, ratio)
 			}
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	peak := slices.Max(after)
+	t.Logf("max/mean after the failure, every %v: %.3f", sampleEach, after)
 	slices.Sort(steady)
 	p50, p99 := steady[len(steady)/2], steady[int(math.Ceil(0.99*float64(len(steady))))-1]
 	t.Logf("closed loop, %s, %d nodes (one of twice the capacity), %d resolvers, %.0f clients/s, TTL 1 s, 3 records, reports every %v: max/mean over %d samples in [%v, %v): p50 %.3f, p99 %.3f; node %s dies at %v: peak %.3f until %v; final %v",
