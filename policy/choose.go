@@ -96,8 +96,10 @@ func (p *Pool) ChooseN(dst []int, fam Family, key uint64, now int64, n int) (pic
 	if p.sticky(&a, now) {
 		// The same asker again, e.g. the AAAA question after the A one.
 		dst = p.fromIDs(dst, a.ids[:a.n], fam, k)
-		size = a.sizeAgain(&p.ch.pace)
-		ttl = uint32(a.ttl / int64(time.Second))
+		if len(dst) > 0 { // and with the TTL it had
+			size = a.sizeAgain(&p.ch.pace)
+			ttl = uint32(a.ttl / int64(time.Second))
+		}
 	}
 	fresh := len(dst) == 0
 	if fresh {
