@@ -59,8 +59,9 @@ type asker struct {
 func (t *askerTable) slot(key uint64) *askerSlot { return &t.slots[mix(key)%askerSlots] }
 
 // load reads key's slot. now decides whether the slot, if another key's, is
-// still worth keeping.
-func (t *askerTable) load(key uint64, now int64, a *asker) {
+// still worth keeping; full is the pool's TTL (ns), against which an asker
+// whose TTL was shortened is judged.
+func (t *askerTable) load(key uint64, now, full int64, a *asker) {
 	s := t.slot(key)
 	seq := s.seq.Load()
 	if seq&1 != 0 {
@@ -83,7 +84,9 @@ func (t *askerTable) load(key uint64, now int64, a *asker) {
 	}
 	if k != key || n == 0 {
 		// Another key's slot: keep it while that asker is busy (it comes
-		// back soon after each expiry) and recently active.
+		// back soon after each expiry, sooner than the pool's TTL if its
+		// own was shortened) and recently active.
+		ttl = max(ttl, full)
 		a.slotBusy = n > 0 && wait > 0 && wait < float64(ttl) && now-at < 4*ttl+int64(10e9)
 		return
 	}

@@ -91,16 +91,20 @@ func (p *Pool) ChooseN(dst []int, fam Family, key uint64, now int64, n int) (pic
 	}
 	k := min(n, len(list))
 	var a asker
-	p.ch.askers.load(key, now, &a)
+	p.ch.askers.load(key, now, int64(p.cfg.TTL), &a)
 	var size, wait float64
-	if a.found && now-a.at < int64(p.cfg.StickyWindow) {
+	if p.sticky(&a, now) {
 		// The same asker again, e.g. the AAAA question after the A one.
 		dst = p.fromIDs(dst, a.ids[:a.n], fam, k)
-		size = a.sizeAgain(&p.ch.pace)
+		if len(dst) > 0 { // and with the TTL it had
+			size = a.sizeAgain(&p.ch.pace)
+			ttl = uint32(a.ttl / int64(time.Second))
+		}
 	}
 	fresh := len(dst) == 0
 	if fresh {
 		size, wait = a.size(now, int64(ttl)*int64(time.Second), &p.ch.pace)
+		ttl, size = p.adapt(ttl, size, wait, a.found && a.ttl < p.ttlMin, now)
 	}
 	if len(dst) < k {
 		if p.cfg.Policy == RoundRobin {
@@ -160,6 +164,69 @@ func ttlFor(out Outcome, ttl uint32) uint32 {
 		return 0
 	}
 	return ttl
+}
+
+const (
+	// waveClients replaces HerdClients for waveLength after a target turns
+	// ineligible or disappears: its clients are about to reconnect, and
+	// every resolver's answers are about to carry more of them than its
+	// past questions tell.
+	waveClients = 2
+	waveLength  = int64(20 * time.Second)
+	// After a TTL 0 answer, the asker's next question is mostly another
+	// client's rather than the AAAA after the A of the same one: the sticky
+	// window shrinks to this fraction of the asker's usual gap between
+	// questions (at today's pace).
+	stickyZeroTTL = 0.25
+)
+
+// adapt returns the TTL for a fresh answer expected to bring size clients
+// (in the ledger's terms) at the pool's TTL ttl, to an asker whose mean
+// wait from expiry to question is wait ns (0: unknown), and the size at the
+// TTL returned: the longest TTL, not under TTLMin, at which the answer
+// brings at most HerdClients (or waveClients during a failure wave).
+// Round-robin and naive least-loaded keep a fixed TTL, as the baselines
+// they are. An asker whose previous answer was shortened (short) keeps a
+// shortened TTL until its answers would bring under half the limit: near
+// the limit, the noise of its waits would otherwise flip it back to the
+// full TTL now and then, and a wave that meets such an answer is herded.
+//
+// The asker's own rate, 1/wait, decides as well as size: size includes the
+// pool-wide pace, which reads low in a steady state (an asker's smoothed
+// wait underestimates its mean), and a busy asker must not look quiet.
+func (p *Pool) adapt(ttl uint32, size, wait float64, short bool, now int64) (uint32, float64) {
+	limit := p.cfg.HerdClients
+	if now < p.waveUntil {
+		limit = min(limit, waveClients)
+	}
+	if ttl == 0 || p.cfg.Policy == RoundRobin || p.cfg.Policy == NaiveLeastLoaded {
+		return ttl, size
+	}
+	rate := (size - 1) / float64(ttl) // clients a second
+	if wait > 0 {
+		rate = max(rate, float64(time.Second)/max(wait, minWait))
+	}
+	full := 1 + float64(ttl)*rate
+	if full <= limit && !(short && full > limit/2) {
+		return ttl, size
+	}
+	t := max(min(math.Floor((limit-1)/rate), float64(ttl)-1), p.cfg.TTLMin.Seconds())
+	if t >= float64(ttl) {
+		return ttl, size
+	}
+	return uint32(t), 1 + t*(size-1)/float64(ttl)
+}
+
+// sticky reports whether the asker's latest fresh choice is to be repeated.
+func (p *Pool) sticky(a *asker, now int64) bool {
+	if !a.found {
+		return false
+	}
+	w := int64(p.cfg.StickyWindow)
+	if a.ttl == 0 && a.wait > 0 {
+		w = min(w, int64(stickyZeroTTL*a.wait/math.Exp(p.ch.pace.load())))
+	}
+	return now-a.at < w
 }
 
 func contains(s []int, v int) bool {
@@ -367,15 +434,17 @@ func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng,
 	if out == OutcomeAnswer {
 		var a asker
 		var wait float64
-		p.ch.askers.load(key, now, &a)
-		if a.found && now-a.at < int64(p.cfg.StickyWindow) {
+		p.ch.askers.load(key, now, int64(p.cfg.TTL), &a)
+		if p.sticky(&a, now) {
 			if s, ok := p.shardByID[a.ids[0]]; ok && p.shards[s].eligible && len(p.shards[s].lbs[fam]) > 0 {
 				si = s
 				size = a.sizeAgain(&p.ch.pace)
+				ttl = uint32(a.ttl / int64(time.Second))
 			}
 		}
 		if si < 0 {
 			size, wait = a.size(now, int64(ttl)*int64(time.Second), &p.ch.pace)
+			ttl, size = p.adapt(ttl, size, wait, a.found && a.ttl < p.ttlMin, now)
 			si = p.pickShard(list, r, now, false)
 			if !a.slotBusy {
 				p.ch.askers.store(key, now, int64(ttl)*int64(time.Second), wait, []uint32{p.shards[si].st.id})

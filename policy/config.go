@@ -122,6 +122,19 @@ type Config struct {
 	Answers int
 	// TTL is the answers' time to live, a whole number of seconds; 0: uncached.
 	TTL time.Duration
+	// TTLMin is the shortest TTL an answer may get (whole seconds, 0 to
+	// TTL). Under the load-aware policies, an asker whose answers would
+	// each bring many clients (a busy resolver, or any resolver during a
+	// failure wave) gets a TTL short enough that they bring few, down to
+	// TTLMin: at 0 each of its clients gets a choice of its own. Quiet
+	// askers keep TTL. TTLMin equal to TTL turns this off.
+	TTLMin time.Duration
+	// HerdClients is how many clients one answer may bring before its TTL
+	// is shortened (see TTLMin); at least 2. A cached answer sends all its
+	// clients to one first record whatever happens meanwhile: the ledger
+	// counts them, but cannot take them back when the asker's clients
+	// suddenly multiply (a failed target's clients reconnecting through it).
+	HerdClients float64
 	// Policy selects the targets (nodes mode) or the shard (shards mode).
 	Policy Kind
 	// Capacity is a target's capacity in connections when its load report
@@ -173,6 +186,8 @@ func DefaultConfig() Config {
 		Mode:           Nodes,
 		Answers:        3,
 		TTL:            time.Second,
+		TTLMin:         0,
+		HerdClients:    4,
 		Policy:         LeastLoaded,
 		OnEmpty:        EmptyFailOpen,
 		SlowStart:      45 * time.Second,
@@ -194,6 +209,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("answers: %d is not between 1 and %d", c.Answers, MaxAnswers)
 	case c.TTL < 0 || c.TTL%time.Second != 0 || c.TTL > 24*time.Hour:
 		return fmt.Errorf("ttl: %s is not a whole number of seconds between 0s and 24h", c.TTL)
+	case c.TTLMin < 0 || c.TTLMin%time.Second != 0 || c.TTLMin > c.TTL:
+		return fmt.Errorf("ttl_min: %s is not a whole number of seconds between 0s and the TTL (%s)", c.TTLMin, c.TTL)
+	case !(c.HerdClients >= 2):
+		return fmt.Errorf("herd_clients: %v is under 2", c.HerdClients)
 	case c.Policy > NaiveLeastLoaded:
 		return fmt.Errorf("policy: invalid value %d", c.Policy)
 	case c.Capacity < 0:

@@ -78,6 +78,7 @@ type chain struct {
 	rr        atomic.Uint64 // round-robin position (nodes mode)
 	learn     learner
 	lastBuild int64
+	waveUntil int64  // see Pool.waveUntil
 	build     uint64 // counts NewPool calls
 	// Builder only: the states of the latest build's targets and LBs.
 	targets, lbs map[identity]*targetState
@@ -151,6 +152,10 @@ type Pool struct {
 	equalCap bool    // no capacity known: balance connections
 	maxCap   float64
 	ttlMax   int64 // longest TTL an answer carries, ns
+	ttlMin   int64 // shortest TTL jitter gives, ns: any shorter was adapted
+	// waveUntil is when the failure wave of the latest target to turn
+	// ineligible or disappear is over (unix ns; see adapt).
+	waveUntil int64
 }
 
 // NewPool builds the state for one snapshot of a pool: targets are the
@@ -176,6 +181,7 @@ func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time
 	nowN := now.UnixNano()
 	p := &Pool{cfg: cfg}
 	p.ttlMax = int64(math.Floor(cfg.TTL.Seconds()*(1+cfg.TTLJitter))) * int64(time.Second)
+	p.ttlMin = int64(max(math.Ceil(cfg.TTL.Seconds()*(1-cfg.TTLJitter)), 1)) * int64(time.Second)
 	fresh := prev == nil || prev.ch.mode != cfg.Mode
 	if fresh {
 		p.ch = &chain{mode: cfg.Mode, askers: new(askerTable), shards: map[string]*shardState{}}
@@ -210,6 +216,7 @@ func NewPool(cfg Config, targets, lbs []health.Target, prev *Pool, now time.Time
 			}
 		}
 	}
+	p.waveUntil = p.ch.waveUntil
 	p.c1, p.c2 = p.ch.learn.estimate()
 	p.byID = make(map[uint32]int32, len(p.ents))
 	for i := range p.ents {
@@ -303,6 +310,9 @@ func (p *Pool) buildEntries(ts []health.Target, states *map[identity]*targetStat
 		if e.eligible && !fresh && ss > 0 && (isNew || !st.eligible) {
 			st.slowStart = now
 		}
+		if st.eligible && !e.eligible && !isNew && learn {
+			p.ch.waveUntil = now + waveLength // its clients will reconnect
+		}
 		st.eligible = e.eligible
 		if st.slowStart != 0 && now-st.slowStart < ss {
 			e.ssStart, e.ssEnd = st.slowStart, st.slowStart+ss
@@ -349,6 +359,11 @@ func (p *Pool) buildEntries(ts []health.Target, states *map[identity]*targetStat
 			// once known, below) plus whatever was answered since this build.
 			st.seen = false
 			e.conn, e.base1, e.base2 = math.NaN(), n1, n2
+		}
+	}
+	for id, st := range prevStates {
+		if _, ok := next[id]; !ok && st.eligible && learn {
+			p.ch.waveUntil = now + waveLength // gone while eligible: its clients will reconnect
 		}
 	}
 	*states = next

@@ -31,10 +31,11 @@ type options struct {
 	sweep            bool
 	seed             uint64
 	// Overrides of the scenarios' policy configuration; negative: none.
-	ttl, slowStart time.Duration
-	answers        int
-	spread         float64
-	quiet          bool // no timings on stderr
+	ttl, ttlMin, slowStart time.Duration
+	herd                   float64
+	answers                int
+	spread                 float64
+	quiet                  bool // no timings on stderr
 }
 
 func main() {
@@ -44,6 +45,8 @@ func main() {
 	flag.BoolVar(&o.sweep, "sweep", false, "sweep TTL and records per answer in the baseline, default policy")
 	flag.Uint64Var(&o.seed, "seed", 1, "random seed")
 	flag.DurationVar(&o.ttl, "ttl", -1, "override the TTL")
+	flag.DurationVar(&o.ttlMin, "ttl-min", -1, "override the shortest adaptive TTL (the TTL: off)")
+	flag.Float64Var(&o.herd, "herd", -1, "override the clients an answer may bring before its TTL shrinks")
 	flag.IntVar(&o.answers, "answers", -1, "override the records per answer")
 	flag.DurationVar(&o.slowStart, "slow-start", -1, "override the slow start window (0: off)")
 	flag.Float64Var(&o.spread, "spread", -1, "override the spread")
@@ -58,6 +61,12 @@ func main() {
 func (o options) tweak(c *policy.Config) error {
 	if o.ttl >= 0 {
 		c.TTL = o.ttl
+	}
+	if o.ttlMin >= 0 {
+		c.TTLMin = o.ttlMin
+	}
+	if o.herd >= 0 {
+		c.HerdClients = o.herd
 	}
 	if o.answers >= 0 {
 		c.Answers = o.answers
@@ -93,8 +102,8 @@ func run(w io.Writer, o options) error {
 	if len(scs) == 0 {
 		return fmt.Errorf("unknown scenario %q", o.scenario)
 	}
-	fmt.Fprintln(w, "| scenario | policy | max/mean p50 | p99 | max | peak after failure | cold target: s to within 10% | cold overshoot |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | policy | max/mean p50 | p99 | max | peak after failure | cold target: s to within 10% | cold overshoot | queries/s |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, sc := range scs {
 		for _, k := range kinds {
 			sc := sc
@@ -104,7 +113,7 @@ func run(w io.Writer, o options) error {
 			}
 			start := time.Now()
 			r := Run(sc)
-			fmt.Fprintf(w, "| %s | %s | %s |\n", sc.Name, k, r.row())
+			fmt.Fprintf(w, "| %s | %s | %s | %.1f |\n", sc.Name, k, r.row(), r.QPS)
 			if !o.quiet {
 				fmt.Fprintf(os.Stderr, "%s/%s: %d queries, %.2f clients per expected client, %.1fs\n", sc.Name, k, r.Queries, r.ClientsPerAns, time.Since(start).Seconds())
 			}
@@ -169,7 +178,7 @@ func runSweep(w io.Writer, o options) error {
 			sc.Config.TTL = time.Duration(ttl) * time.Second
 			sc.Config.Answers = k
 			r := Run(sc)
-			fmt.Fprintf(w, "| %d s | %d | %s | %.1f |\n", ttl, k, r.row(), float64(r.Queries)/(sc.Warmup+sc.Steady+float64(sc.Cycles)*sc.CycleLen))
+			fmt.Fprintf(w, "| %d s | %d | %s | %.1f |\n", ttl, k, r.row(), r.QPS)
 		}
 	}
 	return nil

@@ -44,7 +44,8 @@ func Baseline(seed uint64) Scenario {
 // asks in turn, fed the same reports; the clients of a dead target all
 // reconnecting within 0.5 to 1.5 s; resolvers that ask from a new address
 // every time, so that farmdns cannot size their answers; and the most
-// popular resolver clamping TTLs to 30 s as well.
+// popular resolver clamping TTLs to 30 s as well; and the two scenarios of
+// issue 11 (see Wave and ECS).
 func Scenarios(seed uint64) []Scenario {
 	b := Baseline(seed)
 	reports15 := b
@@ -67,5 +68,39 @@ func Scenarios(seed uint64) []Scenario {
 	anon.Name, anon.NewKeys = "anonymous-resolvers", true
 	top := b
 	top.Name, top.TopClamps = "top-resolver-clamps", true
-	return []Scenario{b, reports15, mixed, heavy, two, burst, anon, top}
+	dereg := burst
+	dereg.Name, dereg.DetectDelay = "deregister-burst", 0
+	return []Scenario{b, reports15, mixed, heavy, two, burst, anon, top, dereg, Wave(seed), ECS(seed), ManyAskers(seed)}
+}
+
+// Wave is the baseline in which the busiest target dies and all its
+// clients reconnect within one second, all through the most popular
+// resolver (22% of new clients, neither clamping nor reordering): a
+// resolver's cached answer meets a burst many times its usual traffic.
+func Wave(seed uint64) Scenario {
+	sc := Baseline(seed)
+	sc.Name, sc.FailBusiest = "wave", true
+	sc.ReconnectMin, sc.ReconnectSpread, sc.ReconnectVia = 0, 1, 1
+	return sc
+}
+
+// ECS is the baseline plus one public resolver that carries 30% of all
+// clients (the 50 others share the rest, by the same Zipf law) and sends
+// EDNS Client Subnet: its clients come from 1,000 subnets, each an asker
+// of its own.
+func ECS(seed uint64) Scenario {
+	sc := Baseline(seed)
+	sc.Name, sc.ECSShare, sc.ECSSubnets = "ecs", 0.3, 1000
+	return sc
+}
+
+// ManyAskers is the wave scenario with 100,000 more askers, each quiet,
+// that carry 30% of all clients between them (a public resolver that
+// rotates through many source addresses, or ECS subnets): far more keys
+// than the asker table has slots, while the busy resolvers must still be
+// told from the quiet ones.
+func ManyAskers(seed uint64) Scenario {
+	sc := Wave(seed)
+	sc.Name, sc.ECSShare, sc.ECSSubnets = "wave-100k-askers", 0.3, 100000
+	return sc
 }

@@ -45,9 +45,20 @@ type Scenario struct {
 	ReportDelayMin, ReportDelay float64 // uniform delay of a report to farmdns
 	DetectDelay                 float64 // until Consul marks a dead target critical
 	// Clients of a dead target reconnect after ReconnectMin plus a uniform
-	// delay of up to ReconnectSpread.
+	// delay of up to ReconnectSpread, through the resolver of rank
+	// ReconnectVia (0: one by popularity, like new clients).
 	ReconnectMin, ReconnectSpread float64
-	Instances                     int
+	ReconnectVia                  int
+	// FailBusiest makes the target that dies in each cycle the one with
+	// the most connections, rather than target i in cycle i.
+	FailBusiest bool
+	// ECSShare of all clients use one more resolver, a public one that
+	// sends EDNS Client Subnet: its clients are spread evenly over
+	// ECSSubnets subnets, each cached and keyed on its own by the
+	// resolver and farmdns alike, so each is an asker of its own.
+	ECSShare   float64
+	ECSSubnets int
+	Instances  int
 	// The steady state is measured over [Warmup, Warmup+Steady). Then come
 	// Cycles failure cycles of CycleLen each: target i dies at the start of
 	// cycle i and comes back empty (a cold target, its reporter restarted)
@@ -70,6 +81,7 @@ type Result struct {
 	// ColdWindow is how long a cold target was watched in each cycle.
 	ColdWindow    float64
 	Queries       int
+	QPS           float64 // queries to farmdns per second of simulated time
 	ClientsPerAns float64
 }
 
@@ -199,6 +211,7 @@ func Run(sc Scenario) Result {
 	r := s.res
 	r.Queries = s.queries
 	r.ColdWindow = sc.CycleLen - sc.RejoinAfter
+	r.QPS = float64(s.queries) / end
 	if len(s.samples) > 0 {
 		slices.Sort(s.samples)
 		r.P50 = quantile(s.samples, 0.5)
@@ -222,13 +235,23 @@ func (s *sim) setup() {
 		s.targets[i] = simTarget{capacity: sc.Capacity(i), alive: true, present: true}
 		capSum += float64(sc.Capacity(i))
 	}
-	// Resolvers and their Zipf popularity.
-	s.resolvers = make([]resolver, sc.Resolvers)
-	s.popCDF = make([]float64, sc.Resolvers)
+	// Resolvers and their Zipf popularity, then the ECS resolver's subnets.
+	nr := sc.Resolvers + sc.ECSSubnets
+	s.resolvers = make([]resolver, nr)
+	s.popCDF = make([]float64, nr)
+	var zipf float64
+	for i := range sc.Resolvers {
+		zipf += 1 / math.Pow(float64(i+1), sc.ZipfS)
+	}
 	var sum float64
 	for i := range s.resolvers {
 		rank := i + 1
-		sum += 1 / math.Pow(float64(rank), sc.ZipfS)
+		if i >= sc.Resolvers {
+			sum += sc.ECSShare / float64(sc.ECSSubnets)
+			s.popCDF[i] = sum
+			continue
+		}
+		sum += (1 - sc.ECSShare) / math.Pow(float64(rank), sc.ZipfS) / zipf
 		s.popCDF[i] = sum
 		r := &s.resolvers[i]
 		r.clamp = sc.ClampEvery > 0 && rank%sc.ClampEvery == 0 || sc.TopClamps && rank == 1
@@ -267,7 +290,6 @@ func (s *sim) setup() {
 	for c := range sc.Cycles {
 		at := sc.Warmup + sc.Steady + float64(c)*sc.CycleLen
 		s.events.push(event{t: at, kind: evFail, a: int32(c % sc.Targets)})
-		s.events.push(event{t: at + sc.RejoinAfter, kind: evJoin, a: int32(c % sc.Targets)})
 	}
 }
 
@@ -335,10 +357,14 @@ func (s *sim) handle(e event) {
 	sc := &s.sc
 	switch e.kind {
 	case evArrival:
-		s.connect()
+		s.connect(s.pickResolver())
 		s.events.push(event{t: s.now + s.rng.ExpFloat64()/sc.Rate, kind: evArrival})
 	case evReconnect:
-		s.connect()
+		ri := int(e.b) - 1
+		if ri < 0 {
+			ri = s.pickResolver()
+		}
+		s.connect(ri)
 	case evDepart:
 		t := &s.targets[e.a]
 		if t.incarnation == e.b && t.alive {
@@ -362,11 +388,15 @@ func (s *sim) handle(e event) {
 	case evFail:
 		s.cold = -1
 		s.res.FailPeak = append(s.res.FailPeak, 0)
+		if sc.FailBusiest {
+			e.a = s.busiest()
+		}
+		s.events.push(event{t: s.now + sc.RejoinAfter, kind: evJoin, a: e.a})
 		t := &s.targets[e.a]
 		t.alive = false
 		t.incarnation++
 		for range t.conns {
-			s.events.push(event{t: s.now + sc.ReconnectMin + s.rng.Float64()*sc.ReconnectSpread, kind: evReconnect})
+			s.events.push(event{t: s.now + sc.ReconnectMin + s.rng.Float64()*sc.ReconnectSpread, kind: evReconnect, b: int32(sc.ReconnectVia)})
 		}
 		t.conns = 0
 		s.events.push(event{t: s.now + sc.DetectDelay, kind: evDetect, a: e.a})
@@ -387,12 +417,27 @@ func (s *sim) handle(e event) {
 	}
 }
 
-// connect brings one client: its resolver answers from cache or asks
-// farmdns; the client takes the first record (or, sometimes, another one)
-// and falls back to the next ones while they are dead.
-func (s *sim) connect() {
-	ri := sort.SearchFloat64s(s.popCDF, s.rng.Float64())
-	ri = min(ri, len(s.resolvers)-1)
+// pickResolver returns a resolver index drawn by popularity.
+func (s *sim) pickResolver() int {
+	return min(sort.SearchFloat64s(s.popCDF, s.rng.Float64()), len(s.resolvers)-1)
+}
+
+// busiest returns the live target with the most connections.
+func (s *sim) busiest() int32 {
+	best := int32(-1)
+	for i := range s.targets {
+		t := &s.targets[i]
+		if t.alive && (best < 0 || t.conns > s.targets[best].conns) {
+			best = int32(i)
+		}
+	}
+	return best
+}
+
+// connect brings one client of resolver ri: the resolver answers from
+// cache or asks farmdns; the client takes the first record (or, sometimes,
+// another one) and falls back to the next ones while they are dead.
+func (s *sim) connect(ri int) {
 	r := &s.resolvers[ri]
 	if r.n == 0 || s.now >= r.expires {
 		s.resolve(ri)
@@ -424,7 +469,7 @@ func (s *sim) connect() {
 		return
 	}
 	// Every record is dead: try again shortly, through DNS.
-	s.events.push(event{t: s.now + 1 + s.rng.Float64(), kind: evReconnect})
+	s.events.push(event{t: s.now + 1 + s.rng.Float64(), kind: evReconnect, b: int32(ri + 1)})
 }
 
 func (s *sim) resolve(ri int) {

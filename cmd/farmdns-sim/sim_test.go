@@ -59,7 +59,7 @@ func TestDeterministic(t *testing.T) {
 
 func TestRunPrintsTables(t *testing.T) {
 	var b strings.Builder
-	o := options{scenario: "nope", policy: "all", seed: 1, ttl: -1, answers: -1, slowStart: -1, spread: -1, quiet: true}
+	o := options{scenario: "nope", policy: "all", seed: 1, ttl: -1, ttlMin: -1, herd: -1, answers: -1, slowStart: -1, spread: -1, quiet: true}
 	if err := run(&b, o); err == nil {
 		t.Error("unknown scenario accepted")
 	}
@@ -70,5 +70,42 @@ func TestRunPrintsTables(t *testing.T) {
 	o.policy, o.answers = "all", 0
 	if err := run(&b, o); err == nil || !strings.Contains(err.Error(), "answers") {
 		t.Errorf("answers 0: %v", err)
+	}
+}
+
+// short is a scenario of issue 11 cut down to run in seconds, even with
+// -race: 10 targets instead of 20, 50 clients/s of 10 min lifetimes (3,000
+// connections a target), 400 s of warm-up (round-robin needs most of a
+// lifetime to drift from the even start), 5 min of steady state and one
+// failure, watched for 1 min.
+func short(sc Scenario) Scenario {
+	sc.Targets, sc.Rate = 10, 50
+	sc.Warmup, sc.Steady, sc.Cycles, sc.CycleLen, sc.RejoinAfter = 400, 300, 1, 60, 60
+	return sc
+}
+
+// TestIssue11Targets checks the targets of issue 11 in the baseline and
+// the wave and ecs scenarios: the default policy keeps the steady max/mean
+// p99 within 1.03 and the peak after a failure within 1.06; round-robin
+// and naive least-loaded, in the same runs, miss them.
+func TestIssue11Targets(t *testing.T) {
+	for _, sc := range []Scenario{Baseline(1), Wave(1), ECS(1)} {
+		for _, k := range []policy.Kind{policy.LeastLoaded, policy.RoundRobin, policy.NaiveLeastLoaded} {
+			t.Run(sc.Name+"/"+k.String(), func(t *testing.T) {
+				t.Parallel()
+				sc := short(sc)
+				sc.Config.Policy = k
+				r := Run(sc)
+				_, peak := medWorst(r.FailPeak)
+				t.Logf("%s | %.1f queries/s", r.row(), r.QPS)
+				met := r.P99 <= 1.03 && peak <= 1.06
+				switch {
+				case k == policy.LeastLoaded && !met:
+					t.Errorf("steady p99 %.3f (bound 1.03), failure peak %.3f (bound 1.06)", r.P99, peak)
+				case k != policy.LeastLoaded && met:
+					t.Errorf("meets the targets it must miss: steady p99 %.3f, failure peak %.3f", r.P99, peak)
+				}
+			})
+		}
 	}
 }

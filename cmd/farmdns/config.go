@@ -145,6 +145,7 @@ type PoolConfig struct {
 	Mode      *policy.Mode    `yaml:"mode"`       // nodes | shards
 	Answers   *int            `yaml:"answers"`    // records per answer
 	TTL       *time.Duration  `yaml:"ttl"`        // whole seconds
+	TTLMin    *time.Duration  `yaml:"ttl_min"`    // shortest TTL for busy resolvers and failure waves
 	Policy    *policy.Kind    `yaml:"policy"`     // least-loaded | weighted | round-robin
 	Capacity  *int64          `yaml:"capacity"`   // per target, when Consul gives none
 	ShardMeta string          `yaml:"shard_meta"` // shards mode: service meta key naming the shard
@@ -163,6 +164,7 @@ func (p PoolConfig) policyConfig() policy.Config {
 	set(&c.Mode, p.Mode)
 	set(&c.Answers, p.Answers)
 	set(&c.TTL, p.TTL)
+	set(&c.TTLMin, p.TTLMin)
 	set(&c.Policy, p.Policy)
 	set(&c.Capacity, p.Capacity)
 	set(&c.OnEmpty, p.OnEmpty)

@@ -297,6 +297,7 @@ func TestPoolConfigErrors(t *testing.T) {
 		{"bad mode", pool("        mode: cluster\n"), "mode"},
 		{"answers", pool("        answers: 0\n"), "zones[0].pools[0]: answers: 0 is not between 1 and 8"},
 		{"ttl", pool("        ttl: 1500ms\n"), "ttl: 1.5s is not a whole number of seconds"},
+		{"ttl_min", pool("        ttl_min: 2s\n"), "zones[0].pools[0]: ttl_min: 2s is not a whole number of seconds between 0s and the TTL (1s)"},
 		{"shards without lb", pool("        mode: shards\n        shard_meta: shard\n"), "zones[0].pools[0].lb_service: required in shards mode"},
 		{"no service", strings.Replace(pool(""), "        service: ws\n", "", 1), "zones[0].pools[0].service: missing"},
 		{"twice", pool("      - name: farm.example.com.\n        service: ws\n"), `zones[0].pools[1].name: "farm.example.com." is configured twice`},
