@@ -124,7 +124,7 @@ func TestECSScope(t *testing.T) {
 		{"farm.example.", dns.TypeMX, v4(24, 10, 1, 2), 0, true},      // static beside the pool
 		{"mail.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, true},
 		{"n1.nodes.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false},
-		{"nothere.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false},
+		{"nothere.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, true}, // a prepared NXDOMAIN
 		{"elsewhere.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false}, // REFUSED
 		{"_status.farm.example.", dns.TypeTXT, v4(24, 10, 1, 2), 0, false},
 	} {
