@@ -83,7 +83,7 @@ func TestClosedLoopBalance(t *testing.T) {
 	// connect brings one client through resolver r: it takes the first
 	// record that is alive.
 	connect := func(r *resolver, now time.Time) {
-		addrs, err := r.resolve(f.dns, now)
+		addrs, err := r.resolve(f.dns, "farm.example.com.", now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -193,7 +193,7 @@ type resolver struct {
 	turn    int
 }
 
-func (r *resolver) resolve(server string, now time.Time) ([]string, error) {
+func (r *resolver) resolve(server, name string, now time.Time) ([]string, error) {
 	if now.Before(r.until) {
 		if r.reorder && len(r.addrs) > 1 {
 			r.turn++
@@ -203,7 +203,7 @@ func (r *resolver) resolve(server string, now time.Time) ([]string, error) {
 		return r.addrs, nil
 	}
 	c := &dns.Client{Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: r.addr}, Timeout: 2 * time.Second}}
-	m, _, err := c.Exchange(new(dns.Msg).SetQuestion("farm.example.com.", dns.TypeA), server)
+	m, _, err := c.Exchange(new(dns.Msg).SetQuestion(name, dns.TypeA), server)
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/dnsserver/consuldns"
@@ -59,7 +58,7 @@ func TestClosedLoopConsulDNSBalance(t *testing.T) {
 	eventually(t, 10*time.Second, "all nodes in the Consul DNS answers", func() bool {
 		seen := map[string]bool{}
 		for i := range 40 {
-			r := &consulResolver{addr: net.IPv4(127, 1, byte(i), 1)}
+			r := &resolver{addr: net.IPv4(127, 1, byte(i), 1)}
 			addrs, err := r.resolve(f.dns, name, time.Now())
 			if err != nil {
 				t.Fatal(err)
@@ -73,9 +72,9 @@ func TestClosedLoopConsulDNSBalance(t *testing.T) {
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	zipf := rand.NewZipf(rand.New(rand.NewPCG(3, 4)), 1.1, 1, resolvers-1)
-	rs := make([]*consulResolver, resolvers)
+	rs := make([]*resolver, resolvers)
 	for i := range rs {
-		rs[i] = &consulResolver{addr: net.IPv4(127, byte(50+i/250), byte(i%250), 1), reorder: i%5 == 4}
+		rs[i] = &resolver{addr: net.IPv4(127, byte(50+i/250), byte(i%250), 1), reorder: i%5 == 4}
 	}
 	conns := map[string]int{}
 	accepted := map[string]int{}
@@ -131,39 +130,6 @@ func TestClosedLoopConsulDNSBalance(t *testing.T) {
 	if p50 > 1.10 || max > 1.25 {
 		t.Errorf("max/mean utilisation p50 %.3f (bound 1.10), max %.3f (bound 1.25): consul_dns %s does not balance", p50, max, mode)
 	}
-}
-
-// consulResolver is TestClosedLoopBalance's caching resolver for any name.
-type consulResolver struct {
-	addr    net.IP
-	reorder bool
-	until   time.Time
-	addrs   []string
-	turn    int
-}
-
-func (r *consulResolver) resolve(server, name string, now time.Time) ([]string, error) {
-	if now.Before(r.until) {
-		if r.reorder && len(r.addrs) > 1 {
-			r.turn++
-			i := r.turn % len(r.addrs)
-			return append(slices.Clone(r.addrs[i:]), r.addrs[:i]...), nil
-		}
-		return r.addrs, nil
-	}
-	c := &dns.Client{Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: r.addr}, Timeout: 2 * time.Second}}
-	m, _, err := c.Exchange(new(dns.Msg).SetQuestion(name, dns.TypeA), server)
-	if err != nil {
-		return nil, err
-	}
-	r.addrs = r.addrs[:0]
-	ttl := uint32(1)
-	for _, rr := range m.Answer {
-		r.addrs = append(r.addrs, rr.(*dns.A).A.String())
-		ttl = rr.Header().Ttl
-	}
-	r.until = now.Add(time.Duration(ttl) * time.Second)
-	return r.addrs, nil
 }
 
 // TestConsulDNSLedgerKeptOnReload: a reload that keeps policy and answers
