@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/dnsserver/consuldns"
 	"github.com/farmdns/farmdns/health"
