@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -16,26 +14,7 @@ import (
 func TestAllowListIPv4Mapped(t *testing.T) {
 	config := strings.Replace(baseConfig, "dns:\n",
 		"dns:\n  transfer_allow: [\"::ffff:127.0.0.0/104\"]\n  status_allow: [\"::ffff:127.0.0.1\"]\n", 1)
-	path := writeConfig(t, config, goodZone)
-	cfg, st, err := load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := newServer(path, cfg, st, slog.New(slog.DiscardHandler))
-	if err := srv.start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("server did not stop")
-		}
-	})
+	srv, _ := runServer(t, writeConfig(t, config, goodZone))
 	addr := srv.dns.BoundAddrs()[0].String()
 
 	c := &dns.Client{Timeout: 2 * time.Second}

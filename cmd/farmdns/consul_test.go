@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -51,24 +49,7 @@ zones:
       - name: "@"
         service: ws
 %s`, a.Addr, pool)
-	path := writeConfig(t, config, goodZone)
-	cfg, st, err := load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := newServer(path, cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := srv.start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
+	srv, _ := runServer(t, writeConfig(t, config, goodZone))
 	return &farm{consul: a, srv: srv, dns: srv.dns.BoundAddrs()[0].String()}
 }
 

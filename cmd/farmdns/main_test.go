@@ -44,6 +44,36 @@ func writeConfig(t *testing.T, config, zone string) string {
 	return path
 }
 
+// runServer starts farmdns with the config at path; stop (also run when the
+// test ends) shuts it down and waits.
+func runServer(t *testing.T, path string) (*server, func()) {
+	t.Helper()
+	cfg, st, err := load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := newServer(path, cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := srv.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return srv, stop
+}
+
 const baseConfig = `dns:
   listen: ["127.0.0.1:0"]
 http:

@@ -2,9 +2,7 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -87,24 +85,7 @@ type served struct {
 func serve(t *testing.T, config string) *served {
 	t.Helper()
 	path := writeConfig(t, config, goodZone)
-	cfg, st, err := load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := newServer(path, cfg, st, slog.New(slog.DiscardHandler))
-	if err := srv.start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
+	srv, _ := runServer(t, path)
 	return &served{srv: srv, path: path, dns: srv.dns.BoundAddrs()[0].String(), web: "http://" + srv.webLn.Addr().String()}
 }
 

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -61,21 +59,7 @@ func TestRRLConfigDefaults(t *testing.T) {
 // TestRRLReload: a reload switches rate limiting on, and off again.
 func TestRRLReload(t *testing.T) {
 	path := writeConfig(t, baseConfig, goodZone)
-	cfg, st, err := load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := newServer(path, cfg, st, slog.New(slog.DiscardHandler))
-	if err := srv.start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	srv, _ := runServer(t, path)
 	addr := srv.dns.BoundAddrs()[0].String()
 	// ask sends n queries and counts the full and truncated replies.
 	ask := func(n int) (full, truncated int) {

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -58,36 +55,6 @@ zones:
 	if m := serveGet(t, second, "/metrics"); !strings.Contains(m, "farmdns_consul_state_restored 1") {
 		t.Errorf("metrics lack farmdns_consul_state_restored 1:\n%s", m)
 	}
-}
-
-// runServer starts farmdns with the config at path; stop (also run when the
-// test ends) shuts it down and waits.
-func runServer(t *testing.T, path string) (*server, func()) {
-	t.Helper()
-	cfg, st, err := load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := newServer(path, cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := srv.start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return srv, stop
 }
 
 // serveGet serves one GET through the server's HTTP handler.
