@@ -22,8 +22,27 @@ type Catalog struct {
 	// without regard to case.
 	Nodes map[string]*CatalogNode
 	// Services holds every service's instances, critical ones included, by
-	// lower-case service name.
+	// lower-case service name; in a Partial view, only the loaded ones.
 	Services map[string][]*CatalogInstance
+	// Partial says Services holds only the services asked for (a
+	// CatalogWatcher's view); Listed then names every service that exists.
+	Partial bool
+	// Listed holds the lower-case name of every service in the catalog's
+	// service list, when Partial.
+	Listed map[string]struct{}
+}
+
+// Loaded reports whether the view can answer for service: it is loaded, or
+// the view is whole, or the service does not exist.
+func (c *Catalog) Loaded(service string) bool {
+	if !c.Partial {
+		return true
+	}
+	if _, ok := c.Services[service]; ok {
+		return true
+	}
+	_, listed := c.Listed[service]
+	return !listed
 }
 
 // CatalogNode is a node as Consul's DNS interface sees it.

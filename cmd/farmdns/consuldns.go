@@ -93,6 +93,21 @@ func (s *catalogSlot) Catalog() *health.Catalog {
 	return s.last.Load()
 }
 
+// Ask and Await pass a question's services to the running watcher, which
+// loads them on demand (consuldns.Loader).
+func (s *catalogSlot) Ask(service string) {
+	if w := s.w.Load(); w != nil {
+		w.Ask(service)
+	}
+}
+
+func (s *catalogSlot) Await(names []string) *health.Catalog {
+	if w := s.w.Load(); w != nil {
+		return w.Await(names)
+	}
+	return nil
+}
+
 // attachConsulDNS gives st the Consul DNS domains of cfg, if any.
 func attachConsulDNS(st *dnsserver.State, cfg *Config, src *catalogSlot) {
 	if cfg.consulDNS != nil {
