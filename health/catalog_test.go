@@ -156,3 +156,50 @@ func TestCatalogWatcherOnDemand(t *testing.T) {
 	})
 	t.Logf("web's watch stopped %v after its last question (idle timeout 2s)", time.Since(start))
 }
+
+// TestCatalogWatcherPolled: beyond MaxWatches a service is polled rather
+// than given its own blocking query; it loads on its first question and
+// follows a check going critical and a new instance all the same.
+func TestCatalogWatcherPolled(t *testing.T) {
+	a := consultest.Start(t)
+	a.Register(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", ID: "web-1", Port: 80})
+	a.Register(t, consultest.Instance{Node: "n2", NodeAddress: "10.0.0.2", Service: "db", ID: "db-1", Port: 5432})
+	w := health.NewCatalogWatcher(health.CatalogWatcherConfig{
+		WaitTime: 10 * time.Second, MinInterval: 10 * time.Millisecond, AskWait: 20 * time.Second, MaxWatches: 1,
+	}, a.Client, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for deadline := time.Now().Add(20 * time.Second); w.Catalog() == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no first view")
+		}
+	}
+	w.Ask("web")
+	w.Ask("db") // over MaxWatches: polled
+	cat := w.Await([]string{"web", "db"})
+	if cat == nil || len(cat.Services["db"]) != 1 || len(cat.Services["web"]) != 1 {
+		t.Fatalf("web and db not both loaded: %v", cat)
+	}
+	poll := func(what string, ok func([]*health.CatalogInstance) bool) {
+		t.Helper()
+		start := time.Now()
+		for !ok(w.Catalog().Services["db"]) {
+			if time.Since(start) > 20*time.Second {
+				t.Fatalf("never: %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("%s: %v", what, time.Since(start))
+	}
+	a.SetCheck(t, "n2", "db-1", consultest.ServiceCheckID("db-1"), api.HealthCritical)
+	poll("db-1 critical", func(db []*health.CatalogInstance) bool {
+		return len(db) == 1 && db[0].Status() == health.HealthCritical
+	})
+	a.Register(t, consultest.Instance{Node: "n3", NodeAddress: "10.0.0.3", Service: "db", ID: "db-2", Port: 5432})
+	poll("db-2 registered", func(db []*health.CatalogInstance) bool { return len(db) == 2 })
+}

@@ -28,6 +28,12 @@ type CatalogWatcherConfig struct {
 	// IdleTimeout stops the watch of a service nobody asked for this long
 	// (default 10m).
 	IdleTimeout time.Duration
+	// MaxWatches is the most services with a blocking query of their own
+	// (default 128). Each holds an HTTP connection to the agent, and Consul
+	// refuses a client more than limits.http_max_conns_per_client (200 by
+	// default). Services asked beyond it are polled: reread together,
+	// without blocking, whenever a check or the service list changes.
+	MaxWatches int
 }
 
 // CatalogWatcher keeps a Catalog view current while reading only what DNS
@@ -59,12 +65,16 @@ type CatalogWatcher struct {
 	svcIdx   uint64
 	dc       string
 	synced   chan struct{} // closed, and replaced, when a view is stored
+	blocking int           // watches with their own blocking query
+	pollWake chan struct{} // the poller has work; nil until the first polled service
+	stale    atomic.Bool   // the catalog changed: every polled service is reread
 }
 
 // serviceWatch is one service's blocking query and what it last read.
 type serviceWatch struct {
 	name   string // as registered
 	cancel context.CancelFunc
+	polled bool         // read by the poller, not by its own blocking query
 	asked  atomic.Int64 // UnixNano of the last question
 	// Under the watcher's mu:
 	entries []*api.ServiceEntry
@@ -85,6 +95,9 @@ func NewCatalogWatcher(cfg CatalogWatcherConfig, client *api.Client, log *slog.L
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 10 * time.Minute
+	}
+	if cfg.MaxWatches <= 0 {
+		cfg.MaxWatches = 128
 	}
 	w := &CatalogWatcher{
 		client: client, log: log, cfg: cfg,
@@ -183,7 +196,7 @@ func (w *CatalogWatcher) Run(ctx context.Context) error {
 		w.nodes, w.nodesIdx = nodes, m.LastIndex
 		w.mu.Unlock()
 		return m.LastIndex, nil
-	})
+	}, w.notify)
 	go w.watch(ctx, "services", func(q *api.QueryOptions) (uint64, error) {
 		names, m, err := w.client.Catalog().Services(q)
 		if err == nil {
@@ -196,7 +209,7 @@ func (w *CatalogWatcher) Run(ctx context.Context) error {
 		w.services, w.svcIdx = names, m.LastIndex
 		w.mu.Unlock()
 		return m.LastIndex, nil
-	})
+	}, w.changedAll)
 	idle := time.NewTicker(max(w.cfg.IdleTimeout/4, 10*time.Millisecond))
 	defer idle.Stop()
 	var last time.Time
@@ -297,7 +310,7 @@ func (w *CatalogWatcher) startWatch(service string) {
 		}
 	}
 	ctx, cancel := context.WithCancel(w.ctx)
-	sw := &serviceWatch{name: name, cancel: cancel}
+	sw := &serviceWatch{name: name, cancel: cancel, polled: w.blocking >= w.cfg.MaxWatches}
 	sw.asked.Store(time.Now().UnixNano())
 	next := make(map[string]*serviceWatch, len(old)+1)
 	for k, v := range old {
@@ -305,6 +318,12 @@ func (w *CatalogWatcher) startWatch(service string) {
 	}
 	next[service] = sw
 	w.watching.Store(&next)
+	if sw.polled {
+		w.startPoller()
+		wake(w.pollWake)
+		return
+	}
+	w.blocking++
 	go w.watch(ctx, "service "+name, func(q *api.QueryOptions) (uint64, error) {
 		entries, m, err := w.client.Health().Service(name, "", false, q)
 		if err == nil {
@@ -317,7 +336,7 @@ func (w *CatalogWatcher) startWatch(service string) {
 		sw.entries, sw.index, sw.loaded = entries, m.LastIndex, true
 		w.mu.Unlock()
 		return m.LastIndex, nil
-	})
+	}, w.notify)
 }
 
 // stopIdle stops the watches nobody asked for in IdleTimeout.
@@ -330,6 +349,9 @@ func (w *CatalogWatcher) stopIdle() {
 	for k, sw := range old {
 		if sw.asked.Load() < cutoff {
 			sw.cancel()
+			if !sw.polled {
+				w.blocking--
+			}
 			continue
 		}
 		next[k] = sw
@@ -347,12 +369,13 @@ func (w *CatalogWatcher) stopAll() {
 		sw.cancel()
 	}
 	w.watching.Store(&map[string]*serviceWatch{})
+	w.blocking = 0
 }
 
-// watch runs one blocking query loop and asks for a rebuild whenever its
-// index moves (a returned query does not always mean a change; a moved
-// index usually does).
-func (w *CatalogWatcher) watch(ctx context.Context, name string, query func(*api.QueryOptions) (uint64, error)) {
+// watch runs one blocking query loop and calls changed whenever its index
+// moves (a returned query does not always mean a change; a moved index
+// usually does).
+func (w *CatalogWatcher) watch(ctx context.Context, name string, query func(*api.QueryOptions) (uint64, error), changed func()) {
 	var index uint64
 	failures := 0
 	var last time.Time
@@ -384,8 +407,117 @@ func (w *CatalogWatcher) watch(ctx context.Context, name string, query func(*api
 		}
 		next := nextIndex(index, got)
 		if next != index {
-			w.notify()
+			changed()
 		}
 		index = next
 	}
+}
+
+// changedAll says something in the catalog changed that polled services do
+// not see by themselves: the view is rebuilt and they are reread.
+func (w *CatalogWatcher) changedAll() {
+	w.notify()
+	w.stale.Store(true)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pollWake != nil {
+		wake(w.pollWake)
+	}
+}
+
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default: // already due
+	}
+}
+
+// startPoller starts, once, the loop that reads polled services and the
+// blocking query that says when a check changed. Called under mu.
+func (w *CatalogWatcher) startPoller() {
+	if w.pollWake != nil {
+		return
+	}
+	w.pollWake = make(chan struct{}, 1)
+	go w.poll(w.ctx, w.pollWake)
+	// Any check's change moves the checks table's index; the filter
+	// matches nothing, so each return carries no checks, only the index.
+	go w.watch(w.ctx, "checks", func(q *api.QueryOptions) (uint64, error) {
+		q.Filter = `CheckID == "farmdns-none"`
+		_, m, err := w.client.Health().State(api.HealthAny, q)
+		if err != nil {
+			return 0, err
+		}
+		return m.LastIndex, nil
+	}, w.changedAll)
+}
+
+// poll reads the polled services when woken: every one after a change in
+// the catalog, else only those not loaded yet (newly asked).
+func (w *CatalogWatcher) poll(ctx context.Context, wakeup <-chan struct{}) {
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-wakeup:
+		}
+		if wait := w.cfg.MinInterval - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+			return
+		}
+		last = time.Now()
+		all := w.stale.Swap(false)
+		var todo []*serviceWatch
+		w.mu.Lock()
+		for _, sw := range *w.watching.Load() {
+			if sw.polled && (all || !sw.loaded) {
+				todo = append(todo, sw)
+			}
+		}
+		w.mu.Unlock()
+		if failed := w.readPolled(ctx, todo); failed > 0 {
+			// Those asked for are waited on: retry soon, not at the next
+			// change.
+			time.AfterFunc(backoff(1), func() { wake(w.pollWake) })
+		}
+		w.notify()
+	}
+}
+
+// readPolled reads services without blocking, a few at a time so as not to
+// run into the agent's connection limit; it returns how many failed.
+func (w *CatalogWatcher) readPolled(ctx context.Context, todo []*serviceWatch) int {
+	work := make(chan *serviceWatch)
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range min(8, len(todo)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for sw := range work {
+				q := (&api.QueryOptions{AllowStale: w.cfg.AllowStale}).WithContext(ctx)
+				entries, m, err := w.client.Health().Service(sw.name, "", false, q)
+				if err == nil {
+					err = catalogError("service "+sw.name, m, nil)
+				}
+				if err != nil {
+					if ctx.Err() == nil {
+						w.log.Warn("consul catalog read failed", "service", sw.name, "err", err)
+						w.stale.Store(true) // reread all: it may have missed a change
+						failed.Add(1)
+					}
+					continue
+				}
+				w.mu.Lock()
+				sw.entries, sw.index, sw.loaded = entries, m.LastIndex, true
+				w.mu.Unlock()
+			}
+		}()
+	}
+	for _, sw := range todo {
+		work <- sw
+	}
+	close(work)
+	wg.Wait()
+	return int(failed.Load())
 }
