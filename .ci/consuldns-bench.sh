@@ -81,7 +81,7 @@ for r in $(seq "$rounds"); do
     qps=$(echo "$out" | awk '/Queries per second/ { print $4 }')
     lat=$(echo "$out" | awk '/Average Latency/ { print $4 * 1000 }')
     lost=$(echo "$out" | awk '/Queries lost/ { print $3 }')
-    servfail=$(echo "$out" | grep -o 'SERVFAIL [0-9]*' | awk '{ print $2 }')
+    servfail=$(echo "$out" | grep -o 'SERVFAIL [0-9]*' | awk '{ print $2 }' || true)
     cpu=$(awk -v t="$((t1 - t0))" -v hz="$hz" -v s="$secs" 'BEGIN { printf "%.0f", t * 100 / hz / s }')
     us=$(awk -v t="$((t1 - t0))" -v hz="$hz" -v s="$secs" -v q="$qps" 'BEGIN { printf "%.2f", t / hz / (q * s) * 1e6 }')
     printf '%-8s %-6s %10.0f %12.3f %10s %12s   lost %s servfail %s\n' $s $r "$qps" "$lat" "$cpu" "$us" "$lost" "${servfail:-0}"

@@ -68,6 +68,7 @@ type CatalogWatcher struct {
 	blocking int           // watches with their own blocking query
 	pollWake chan struct{} // the poller has work; nil until the first polled service
 	stale    atomic.Bool   // the catalog changed: every polled service is reread
+	waiters  atomic.Int32  // questions in Await: the next rebuild does not wait
 }
 
 // serviceWatch is one service's blocking query and what it last read.
@@ -148,6 +149,10 @@ func (w *CatalogWatcher) Ask(service string) {
 // Await waits, at most AskWait, for a view in which every service in names
 // is loaded (Catalog.Loaded), and returns it; nil if none came in time.
 func (w *CatalogWatcher) Await(names []string) *Catalog {
+	// A waiting question holds one of the DNS server's readers: its view
+	// is built at once, not after MinInterval.
+	w.waiters.Add(1)
+	defer w.waiters.Add(-1)
 	t := time.NewTimer(w.cfg.AskWait)
 	defer t.Stop()
 	for {
@@ -223,7 +228,7 @@ func (w *CatalogWatcher) Run(ctx context.Context) error {
 			continue
 		case <-w.changed:
 		}
-		if wait := w.cfg.MinInterval - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+		if wait := w.cfg.MinInterval - time.Since(last); wait > 0 && w.waiters.Load() == 0 && !sleep(ctx, wait) {
 			w.stopAll()
 			return ctx.Err()
 		}
@@ -462,11 +467,15 @@ func (w *CatalogWatcher) poll(ctx context.Context, wakeup <-chan struct{}) {
 			return
 		case <-wakeup:
 		}
-		if wait := w.cfg.MinInterval - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+		// Rereading every polled service is rate limited; reading those
+		// just asked for, which a question waits on, is not.
+		if wait := w.cfg.MinInterval - time.Since(last); wait > 0 && w.stale.Load() && !sleep(ctx, wait) {
 			return
 		}
-		last = time.Now()
 		all := w.stale.Swap(false)
+		if all {
+			last = time.Now()
+		}
 		var todo []*serviceWatch
 		w.mu.Lock()
 		for _, sw := range *w.watching.Load() {
