@@ -457,6 +457,10 @@ func (w *CatalogWatcher) startPoller() {
 	}, w.changedAll)
 }
 
+// pollInterval is the least time between two rereads of every polled
+// service: under churn they cost Consul a request per service per second.
+const pollInterval = time.Second
+
 // poll reads the polled services when woken: every one after a change in
 // the catalog, else only those not loaded yet (newly asked).
 func (w *CatalogWatcher) poll(ctx context.Context, wakeup <-chan struct{}) {
@@ -469,7 +473,7 @@ func (w *CatalogWatcher) poll(ctx context.Context, wakeup <-chan struct{}) {
 		}
 		// Rereading every polled service is rate limited; reading those
 		// just asked for, which a question waits on, is not.
-		if wait := w.cfg.MinInterval - time.Since(last); wait > 0 && w.stale.Load() && !sleep(ctx, wait) {
+		if wait := max(w.cfg.MinInterval, pollInterval) - time.Since(last); wait > 0 && w.stale.Load() && !sleep(ctx, wait) {
 			return
 		}
 		all := w.stale.Swap(false)
