@@ -104,6 +104,10 @@ func metaTXT(owner string, n *health.CatalogNode, ttl uint32) []dns.RR {
 	return out
 }
 
+// keyQuoter quotes a meta key; built once, as building one costs far more
+// than a whole answer (a Replacer is safe for concurrent use).
+var keyQuoter = strings.NewReplacer("`", "``", "=", "`=")
+
 // rfc1464 writes key=value, quoting with backquotes the key's backquotes,
 // equals signs and leading and trailing spaces, and the value's backquotes.
 func rfc1464(key, value string) string {
@@ -111,7 +115,7 @@ func rfc1464(key, value string) string {
 	lead := len(key) - len(trimmed)
 	core := strings.TrimRight(trimmed, " ")
 	trail := len(trimmed) - len(core)
-	core = strings.NewReplacer("`", "``", "=", "`=").Replace(core)
+	core = keyQuoter.Replace(core)
 	var b strings.Builder
 	b.WriteString(strings.Repeat("` ", lead))
 	b.WriteString(core)
