@@ -34,6 +34,7 @@ run:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	.ci/dnsperf.sh 10 2
+	.ci/consuldns-bench.sh 10 3
 
 # FuzzServe: the example zone and a farm of pools, fast path against slow.
 # make fuzz FUZZTIME=10m runs it longer.
