@@ -203,3 +203,40 @@ func TestCatalogWatcherPolled(t *testing.T) {
 	a.Register(t, consultest.Instance{Node: "n3", NodeAddress: "10.0.0.3", Service: "db", ID: "db-2", Port: 5432})
 	poll("db-2 registered", func(db []*health.CatalogInstance) bool { return len(db) == 2 })
 }
+
+// TestCatalogWatcherFailFast: once a wait for a service timed out (Consul
+// gone), the next questions do not wait again: each would hold a reader of
+// the DNS server for AskWait.
+func TestCatalogWatcherFailFast(t *testing.T) {
+	a := consultest.Start(t)
+	a.Register(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", ID: "web-1", Port: 80})
+	const askWait = 6 * time.Second
+	w := health.NewCatalogWatcher(health.CatalogWatcherConfig{WaitTime: 10 * time.Second, AskWait: askWait},
+		a.Client, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for deadline := time.Now().Add(20 * time.Second); w.Catalog() == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no first view")
+		}
+	}
+	a.Stop()
+	w.Ask("web")
+	if cat := w.Await([]string{"web"}); cat != nil {
+		t.Fatal("web loaded with Consul stopped")
+	}
+	start := time.Now()
+	if cat := w.Await([]string{"web"}); cat != nil {
+		t.Fatal("web loaded with Consul stopped")
+	}
+	// Half of AskWait is far more than an answer at once takes, and far
+	// less than a second wait.
+	if took := time.Since(start); took > askWait/2 {
+		t.Fatalf("the second question waited %v after the first timed out", took)
+	}
+}

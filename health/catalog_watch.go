@@ -69,6 +69,7 @@ type CatalogWatcher struct {
 	pollWake chan struct{} // the poller has work; nil until the first polled service
 	stale    atomic.Bool   // the catalog changed: every polled service is reread
 	waiters  atomic.Int32  // questions in Await: the next rebuild does not wait
+	timedOut atomic.Int64  // UnixNano of the last Await that timed out
 }
 
 // serviceWatch is one service's blocking query and what it last read.
@@ -148,7 +149,19 @@ func (w *CatalogWatcher) Ask(service string) {
 
 // Await waits, at most AskWait, for a view in which every service in names
 // is loaded (Catalog.Loaded), and returns it; nil if none came in time.
+// For a while after a wait timed out (Consul slow or gone), it does not
+// wait: each wait holds one of the DNS server's few readers, and a stream
+// of questions for unloaded services would hold them all.
 func (w *CatalogWatcher) Await(names []string) *Catalog {
+	if cat := w.cat.Load(); cat != nil && loadedAll(cat, names) {
+		return cat
+	}
+	if time.Now().UnixNano()-w.timedOut.Load() < int64(failFastFor*w.cfg.AskWait) {
+		for _, n := range names {
+			w.Ask(n) // its watch still starts, or goes on trying
+		}
+		return nil
+	}
 	// A waiting question holds one of the DNS server's readers: its view
 	// is built at once, not after MinInterval.
 	w.waiters.Add(1)
@@ -171,6 +184,7 @@ func (w *CatalogWatcher) Await(names []string) *Catalog {
 		select {
 		case <-synced:
 		case <-t.C:
+			w.timedOut.Store(time.Now().UnixNano())
 			return nil
 		}
 	}
@@ -456,6 +470,10 @@ func (w *CatalogWatcher) startPoller() {
 		return m.LastIndex, nil
 	}, w.changedAll)
 }
+
+// failFastFor is how many AskWaits Await answers at once after a wait
+// timed out.
+const failFastFor = 5
 
 // pollInterval is the least time between two rereads of every polled
 // service: under churn they cost Consul a request per service per second.
