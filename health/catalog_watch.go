@@ -300,6 +300,7 @@ func (w *CatalogWatcher) rebuild() error {
 			cat.Services[key] = catalogInstances(cat, sw.entries)
 		}
 	}
+	cat.ParseIPs()
 	w.cat.Store(cat)
 	close(w.synced)
 	w.synced = make(chan struct{})

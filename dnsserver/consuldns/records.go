@@ -70,7 +70,7 @@ func addressRecord(qtype uint16, ip net.IP, ttl uint32) dns.RR {
 func (r *Resolver) nodeRecords(n *health.CatalogNode, qtype uint16, owner string, cat *health.Catalog, depth int) []dns.RR {
 	t := ttl(r.cfg.NodeTTL)
 	addr := pickAddress(acceptFor(qtype), n.Address, n.LANv4, n.LANv6)
-	ip := net.ParseIP(addr)
+	ip := cat.IP(addr)
 	if ip == nil {
 		target := dns.Fqdn(n.Address)
 		out := []dns.RR{&dns.CNAME{
@@ -217,7 +217,7 @@ func (r *Resolver) instanceRecords(s svcQuery, i *health.CatalogInstance) (answe
 	if svc == "" && node == "" {
 		return nil, nil
 	}
-	svcIP, nodeIP := net.ParseIP(svc), net.ParseIP(node)
+	svcIP, nodeIP := s.cat.IP(svc), s.cat.IP(node)
 	switch {
 	case svc == "" && nodeIP != nil:
 		if node != i.Node.Address {

@@ -35,6 +35,7 @@ func BenchmarkServer(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	cat.ParseIPs()
 	s := consuldns.NewServer(r, partialSource{cat})
 	for _, qt := range []uint16{dns.TypeA, dns.TypeSRV} {
 		b.Run(dns.TypeToString[qt], func(b *testing.B) {
