@@ -19,13 +19,14 @@ trap cleanup EXIT
 
 go build -o "$work/farmdns" ./cmd/farmdns
 consul=$(.ci/consul.sh)
-port_http=38500
-port_consul_dns=38600
-port_farm=38653
+port_http=27500
+port_consul_dns=27600
+port_farm=27653
 GOMAXPROCS=1 taskset -c 0 "$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port $port_http \
-  -dns-port $port_consul_dns -grpc-port -1 -grpc-tls-port -1 -serf-lan-port 38301 -serf-wan-port 38302 -server-port 38300 \
+  -dns-port $port_consul_dns -grpc-port -1 -grpc-tls-port -1 -serf-lan-port 27301 -serf-wan-port 27302 -server-port 27300 \
   -data-dir "$work/consul" -log-level warn >"$work/consul.log" 2>&1 & pids+=($!); consul_pid=$!
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port_http/v1/status/leader" | grep -q : && break; sleep 0.2; done
+curl -sf "127.0.0.1:$port_http/v1/status/leader" | grep -q : || { echo "consul did not start:" >&2; tail -5 "$work/consul.log" >&2; exit 1; }
 
 # The catalog: 50 nodes with meta; $services services of 5 instances each
 # spread over the nodes, tagged; registered 64 operations per transaction.

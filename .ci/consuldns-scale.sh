@@ -17,9 +17,9 @@ trap cleanup EXIT
 go build -o "$work/farmdns" ./cmd/farmdns
 go build -o "$work/countproxy" ./.ci/countproxy
 consul=$(.ci/consul.sh)
-port_http=48500 port_proxy=48510 port_farm=48653
+port_http=26500 port_proxy=26510 port_farm=26653
 "$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port $port_http -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
-  -serf-lan-port 48301 -serf-wan-port 48302 -server-port 48300 -data-dir "$work/consul" -log-level warn >"$work/consul.log" 2>&1 & pids+=($!)
+  -serf-lan-port 26301 -serf-wan-port 26302 -server-port 26300 -data-dir "$work/consul" -log-level warn >"$work/consul.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port_http/v1/status/leader" | grep -q : && break; sleep 0.2; done
 nodes=100
 .ci/consul-catalog.sh "127.0.0.1:$port_http" $nodes "$services" 3
