@@ -36,6 +36,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	.ci/dnsperf.sh 5 3
 	.ci/rrl-bench.sh 10 2
+	.ci/consuldns-bench.sh 10 3
 
 # FuzzServe: the example zone and a farm of pools, fast path against slow.
 # make fuzz FUZZTIME=10m runs it longer.

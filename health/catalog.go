@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -22,8 +23,60 @@ type Catalog struct {
 	// without regard to case.
 	Nodes map[string]*CatalogNode
 	// Services holds every service's instances, critical ones included, by
-	// lower-case service name.
+	// lower-case service name; in a Partial view, only the loaded ones.
 	Services map[string][]*CatalogInstance
+	// Partial says Services holds only the services asked for (a
+	// CatalogWatcher's view); Listed then names every service that exists.
+	Partial bool
+	// Listed holds the lower-case name of every service in the catalog's
+	// service list, when Partial.
+	Listed map[string]struct{}
+	// ips holds every address of the view parsed once (see IP).
+	ips map[string]net.IP
+}
+
+// IP returns addr parsed as an IP address, or nil for a hostname; from the
+// view's own table when it has one, as answers ask for every record. The
+// returned slice is shared: never modify it.
+func (c *Catalog) IP(addr string) net.IP {
+	if ip, ok := c.ips[addr]; ok {
+		return ip
+	}
+	return net.ParseIP(addr)
+}
+
+// ParseIPs fills the table IP reads. Call it once the view is complete,
+// before it is shared; a view without it parses at each IP call.
+func (c *Catalog) ParseIPs() {
+	c.ips = make(map[string]net.IP)
+	add := func(addrs ...string) {
+		for _, a := range addrs {
+			if _, ok := c.ips[a]; !ok && a != "" {
+				c.ips[a] = net.ParseIP(a)
+			}
+		}
+	}
+	for _, n := range c.Nodes {
+		add(n.Address, n.LANv4, n.LANv6)
+	}
+	for _, in := range c.Services {
+		for _, i := range in {
+			add(i.Address, i.LANv4, i.LANv6, i.Node.Address, i.Node.LANv4, i.Node.LANv6)
+		}
+	}
+}
+
+// Loaded reports whether the view can answer for service: it is loaded, or
+// the view is whole, or the service does not exist.
+func (c *Catalog) Loaded(service string) bool {
+	if !c.Partial {
+		return true
+	}
+	if _, ok := c.Services[service]; ok {
+		return true
+	}
+	_, listed := c.Listed[service]
+	return !listed
 }
 
 // CatalogNode is a node as Consul's DNS interface sees it.
@@ -134,6 +187,7 @@ func readCatalog(ctx context.Context, client *api.Client, stale bool) (*Catalog,
 		cat.Index = max(cat.Index, meta.LastIndex)
 		cat.Services[strings.ToLower(name)] = catalogInstances(cat, entries)
 	}
+	cat.ParseIPs()
 	return cat, nil
 }
 

@@ -169,3 +169,11 @@ func NewCatalogLoads(prefix string, maxReportAge time.Duration, values map[strin
 	}
 	return out
 }
+
+// lastIndex is the index a read returned, 0 without meta.
+func lastIndex(m *api.QueryMeta) uint64 {
+	if m == nil {
+		return 0
+	}
+	return m.LastIndex
+}

@@ -111,6 +111,22 @@ func (s *catalogSlot) Catalog() *health.Catalog {
 	return s.last.Load()
 }
 
+// Ask and Await pass a question's services to the running watcher, which
+// loads them on demand (consuldns.Loader).
+func (s *catalogSlot) Ask(service string) {
+	if w := s.w.Load(); w != nil {
+		w.Ask(service)
+	}
+}
+
+// Await waits, bounded, until the running watcher has loaded names.
+func (s *catalogSlot) Await(names []string) *health.Catalog {
+	if w := s.w.Load(); w != nil {
+		return w.Await(names)
+	}
+	return nil
+}
+
 // Loads returns the running load watcher's reports, or the last ones.
 func (s *catalogSlot) Loads() *health.CatalogLoads {
 	if w := s.loads.Load(); w != nil {

@@ -333,16 +333,20 @@ func (r *Resolver) healthy(in []*health.CatalogInstance, tag string) []*health.C
 
 // responseDomain returns the served domain qname ends in, spelled as in
 // qname; Consul builds SRV targets and NS names with it.
+//
+// It runs once per record of an answer, so it slices qname rather than
+// splitting and joining its labels.
 func (r *Resolver) responseDomain(qname string) string {
-	labels := dns.SplitDomainName(qname)
-	domain := r.domain
-	for i := len(labels) - 1; i >= 0; i-- {
-		suffix := strings.Join(labels[i:], ".") + "."
-		if strings.EqualFold(suffix, r.domain) || (r.alt != "" && strings.EqualFold(suffix, r.alt)) {
-			domain = suffix
+	name := dns.Fqdn(qname)
+	for i := 0; i < len(name); i++ {
+		// At a label boundary (not an escaped dot), longest suffix first.
+		if i == 0 || name[i-1] == '.' && (i < 2 || name[i-2] != '\\') {
+			if suffix := name[i:]; strings.EqualFold(suffix, r.domain) || (r.alt != "" && strings.EqualFold(suffix, r.alt)) {
+				return suffix
+			}
 		}
 	}
-	return domain
+	return r.domain
 }
 
 // trimDomain strips the served domain from a lower-case name.

@@ -3,7 +3,10 @@ package consuldns_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -255,16 +258,27 @@ func runDifferential(t *testing.T, hcl string, cfg consuldns.Config, names []str
 	a := consultest.Start(t, consultest.WithDNS(), consultest.WithConfig(hcl))
 	registerDiffCatalog(t, a)
 	waitAgentSynced(t, a)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cat, err := health.ReadCatalog(ctx, a.Client)
-	if err != nil {
-		t.Fatal(err)
-	}
 	r, err := consuldns.New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// farmdns's path: a watcher loads each service on its first question,
+	// which waits for it, so every first answer is compared too.
+	w := health.NewCatalogWatcher(health.CatalogWatcherConfig{AskWait: 30 * time.Second},
+		a.Client, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for deadline := time.Now().Add(30 * time.Second); w.Catalog() == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the catalog watcher never read the catalog")
+		}
+	}
+	srv := consuldns.NewServer(r, w)
 	udp := &dns.Client{Net: "udp", Timeout: 5 * time.Second, UDPSize: 65535}
 	tcp := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
 	failures, compared, trimmed := 0, 0, 0
@@ -281,7 +295,11 @@ func runDifferential(t *testing.T, hcl string, cfg consuldns.Config, names []str
 					c = tcp
 				}
 				want := exchange(t, c, a.DNSAddr, q)
-				got := roundTrip(t, r.Answer(consuldns.Request{Msg: q.Copy(), TCP: tr.tcp}, cat))
+				reply, _, ok := srv.Answer(q.Copy(), tr.tcp, netip.MustParseAddr("127.0.0.1"))
+				if !ok {
+					t.Fatalf("%s: not answered", name)
+				}
+				got := roundTrip(t, reply)
 				compared++
 				if len(full.Answer) > len(want.Answer) {
 					trimmed++

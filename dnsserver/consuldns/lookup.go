@@ -53,21 +53,7 @@ func (l locality) local(cat *health.Catalog) bool {
 // lookup parses the question's name and answers it from cat.
 func (r *Resolver) lookup(q dns.Question, a ask, cat *health.Catalog, depth int) result {
 	name := r.trimDomain(strings.ToLower(dns.Fqdn(q.Name)))
-	labels := dns.SplitDomainName(name)
-	// The rightmost keyword decides the kind; for SRV a label starting with
-	// "_" before any keyword makes an RFC 2782 service name.
-	var kind string
-	var parts, suffix []string
-	for i := len(labels) - 1; i >= 0 && kind == ""; i-- {
-		switch labels[i] {
-		case "service", "connect", "virtual", "ingress", "node", "query", "addr":
-			kind, parts, suffix = labels[i], labels[:i], labels[i+1:]
-		default:
-			if q.Qtype == dns.TypeSRV && strings.HasPrefix(labels[i], "_") {
-				kind, parts, suffix = "service", labels[:i+1], labels[i+1:]
-			}
-		}
-	}
+	kind, parts, suffix := parseName(dns.SplitDomainName(name), q.Qtype)
 	if kind == "" || len(parts) == 0 {
 		return result{out: nameError}
 	}
@@ -77,13 +63,7 @@ func (r *Resolver) lookup(q dns.Question, a ask, cat *health.Catalog, depth int)
 		if !ok || !loc.local(cat) {
 			return result{out: nameError}
 		}
-		service, tag := parts[len(parts)-1], strings.Join(parts[:len(parts)-1], ".")
-		if len(parts) == 2 && strings.HasPrefix(parts[0], "_") && strings.HasPrefix(parts[1], "_") {
-			service, tag = parts[0][1:], parts[1][1:]
-			if tag == "tcp" {
-				tag = "" // _svc._tcp asks for every instance
-			}
-		}
+		service, tag := serviceTag(parts)
 		return r.service(q, a, cat, service, tag, depth)
 	case "connect", "ingress":
 		// The view holds no mesh proxies or ingress gateways, and Consul
@@ -121,6 +101,35 @@ func (r *Resolver) lookup(q dns.Question, a ask, cat *health.Catalog, depth int)
 		return r.addr(q, name, parts)
 	}
 	return result{out: nameError}
+}
+
+// parseName splits a name's labels (domain trimmed) at the rightmost
+// keyword, which decides the kind; for SRV a label starting with "_" before
+// any keyword makes an RFC 2782 service name. kind is "" when none is found.
+func parseName(labels []string, qtype uint16) (kind string, parts, suffix []string) {
+	for i := len(labels) - 1; i >= 0; i-- {
+		switch labels[i] {
+		case "service", "connect", "virtual", "ingress", "node", "query", "addr":
+			return labels[i], labels[:i], labels[i+1:]
+		default:
+			if qtype == dns.TypeSRV && strings.HasPrefix(labels[i], "_") {
+				return "service", labels[:i+1], labels[i+1:]
+			}
+		}
+	}
+	return "", nil, nil
+}
+
+// serviceTag reads the service and tag from the labels before "service".
+func serviceTag(parts []string) (service, tag string) {
+	service, tag = parts[len(parts)-1], strings.Join(parts[:len(parts)-1], ".")
+	if len(parts) == 2 && strings.HasPrefix(parts[0], "_") && strings.HasPrefix(parts[1], "_") {
+		service, tag = parts[0][1:], parts[1][1:]
+		if tag == "tcp" {
+			tag = "" // _svc._tcp asks for every instance
+		}
+	}
+	return service, tag
 }
 
 // addr answers <hex>.addr.<anything>: eight hex digits are an IPv4 address,

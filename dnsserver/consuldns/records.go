@@ -70,7 +70,7 @@ func addressRecord(qtype uint16, ip net.IP, ttl uint32) dns.RR {
 func (r *Resolver) nodeRecords(n *health.CatalogNode, qtype uint16, owner string, cat *health.Catalog, depth int) []dns.RR {
 	t := ttl(r.cfg.NodeTTL)
 	addr := pickAddress(acceptFor(qtype), n.Address, n.LANv4, n.LANv6)
-	ip := net.ParseIP(addr)
+	ip := cat.IP(addr)
 	if ip == nil {
 		target := dns.Fqdn(n.Address)
 		out := []dns.RR{&dns.CNAME{
@@ -104,6 +104,10 @@ func metaTXT(owner string, n *health.CatalogNode, ttl uint32) []dns.RR {
 	return out
 }
 
+// keyQuoter quotes a meta key; built once, as building one costs far more
+// than a whole answer (a Replacer is safe for concurrent use).
+var keyQuoter = strings.NewReplacer("`", "``", "=", "`=")
+
 // rfc1464 writes key=value, quoting with backquotes the key's backquotes,
 // equals signs and leading and trailing spaces, and the value's backquotes.
 func rfc1464(key, value string) string {
@@ -111,7 +115,7 @@ func rfc1464(key, value string) string {
 	lead := len(key) - len(trimmed)
 	core := strings.TrimRight(trimmed, " ")
 	trail := len(trimmed) - len(core)
-	core = strings.NewReplacer("`", "``", "=", "`=").Replace(core)
+	core = keyQuoter.Replace(core)
 	var b strings.Builder
 	b.WriteString(strings.Repeat("` ", lead))
 	b.WriteString(core)
@@ -225,7 +229,7 @@ func (r *Resolver) instanceRecords(s svcQuery, i *health.CatalogInstance) (answe
 	if svc == "" && node == "" {
 		return nil, nil
 	}
-	svcIP, nodeIP := net.ParseIP(svc), net.ParseIP(node)
+	svcIP, nodeIP := s.cat.IP(svc), s.cat.IP(node)
 	switch {
 	case svc == "" && nodeIP != nil:
 		if node != i.Node.Address {
