@@ -125,7 +125,7 @@ func TestECSScope(t *testing.T) {
 		{"mail.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, true},
 		{"n1.nodes.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false},
 		{"nothere.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, true}, // a prepared NXDOMAIN
-		{"elsewhere.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false}, // REFUSED
+		{"elsewhere.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false},   // REFUSED
 		{"_status.farm.example.", dns.TypeTXT, v4(24, 10, 1, 2), 0, false},
 	} {
 		for _, fast := range []bool{true, false} {
