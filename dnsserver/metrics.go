@@ -98,16 +98,24 @@ func newMetrics() *metrics {
 
 // addZones makes counters for zones that have none yet. Counters of zones
 // that were removed stay, so that a reload never resets a counter.
+// The Consul DNS domains count as zones: they are configured, so the label
+// stays bounded.
 func (m *metrics) addZones(st *State) {
-	if st.Zones == nil {
-		return
+	var names []string
+	if st.Zones != nil {
+		for _, z := range st.Zones.Zones() {
+			names = append(names, z.Origin)
+		}
+	}
+	if d, ok := st.ConsulDNS.(interface{ Domains() []string }); ok {
+		names = append(names, d.Domains()...)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	old := *m.zones.Load()
 	grown := false
-	for _, z := range st.Zones.Zones() {
-		if old[z.Origin] == nil {
+	for _, z := range names {
+		if old[z] == nil {
 			grown = true
 		}
 	}
@@ -118,9 +126,9 @@ func (m *metrics) addZones(st *State) {
 	for k, v := range old {
 		next[k] = v
 	}
-	for _, z := range st.Zones.Zones() {
-		if next[z.Origin] == nil {
-			next[z.Origin] = &zoneCounters{}
+	for _, z := range names {
+		if next[z] == nil {
+			next[z] = &zoneCounters{}
 		}
 	}
 	m.zones.Store(&next)

@@ -48,6 +48,9 @@ func (s *Server) Answer(q *dns.Msg, tcp bool, client netip.Addr) (*dns.Msg, stri
 	return s.r.Answer(Request{Msg: q, TCP: tcp, Client: client}, cat), domain, true
 }
 
+// Domains returns the served domains, lower case and fully qualified.
+func (s *Server) Domains() []string { return s.r.Domains() }
+
 // domain returns the closest served domain name is in, or "".
 func (s *Server) domain(name string) string {
 	best := ""
