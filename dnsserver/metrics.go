@@ -222,6 +222,13 @@ var (
 		"The target's capacity in connections (report, meta or configured default; 0: unlimited).", []string{"pool", "target"}, nil)
 )
 
+// PoolAnswersMetric returns one target's farmdns_pool_answers_total sample,
+// for pools answered outside the zones (Consul DNS services) to count
+// under the same name.
+func PoolAnswersMetric(pool, target string, answers uint64) prometheus.Metric {
+	return prometheus.MustNewConstMetric(poolAnswersDesc, prometheus.CounterValue, float64(answers), pool, target)
+}
+
 // poolCollector exposes every pool's state, read at scrape time, so that a
 // target that leaves Consul leaves the metrics too.
 type poolCollector struct{ h *Handler }

@@ -20,6 +20,9 @@ type CatalogWatcherConfig struct {
 	MinInterval time.Duration
 	// AllowStale lets any server answer (Consul's ?stale).
 	AllowStale bool
+	// MaxStaleness is how long the view may go unconfirmed by Consul
+	// before Status reports not ready (default DefaultMaxStaleness).
+	MaxStaleness time.Duration
 }
 
 // CatalogWatcher keeps a Catalog view current. Three blocking queries, on
@@ -34,6 +37,7 @@ type CatalogWatcher struct {
 	log    *slog.Logger
 	cfg    CatalogWatcherConfig
 	cat    atomic.Pointer[Catalog]
+	stat   catalogStatus
 }
 
 // NewCatalogWatcher returns a watcher; Run starts it.
@@ -44,6 +48,7 @@ func NewCatalogWatcher(cfg CatalogWatcherConfig, client *api.Client, log *slog.L
 	if cfg.MinInterval <= 0 {
 		cfg.MinInterval = DefaultMinInterval
 	}
+	cfg.MaxStaleness = cmpOr(cfg.MaxStaleness, DefaultMaxStaleness)
 	return &CatalogWatcher{client: client, log: log, cfg: cfg}
 }
 
@@ -52,6 +57,7 @@ func (w *CatalogWatcher) Catalog() *Catalog { return w.cat.Load() }
 
 // Run watches until ctx is done and returns ctx's error.
 func (w *CatalogWatcher) Run(ctx context.Context) error {
+	w.stat.start(time.Now(), w.cfg.MaxStaleness)
 	changed := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -95,6 +101,7 @@ func (w *CatalogWatcher) Run(ctx context.Context) error {
 				return ctx.Err()
 			}
 			failures++
+			w.stat.fail("view", err, time.Now())
 			if failures == 1 {
 				w.log.Warn("consul catalog read failed; serving the last good view", "err", err)
 			}
@@ -109,6 +116,7 @@ func (w *CatalogWatcher) Run(ctx context.Context) error {
 			failures = 0
 		}
 		w.cat.Store(cat)
+		w.stat.ok("view", cat.Index, time.Now())
 	}
 }
 
@@ -139,6 +147,7 @@ func (w *CatalogWatcher) watch(ctx context.Context, name string, query func(*api
 		}
 		if err != nil {
 			failures++
+			w.stat.fail(name, err, time.Now())
 			if failures == 1 {
 				w.log.Warn("consul catalog watch failed", "watch", name, "err", fmt.Errorf("health: watch %s: %w", name, err))
 			}
@@ -149,6 +158,7 @@ func (w *CatalogWatcher) watch(ctx context.Context, name string, query func(*api
 			continue
 		}
 		failures = 0
+		w.stat.ok(name, got, time.Now())
 		next := nextIndex(index, got)
 		if next != index {
 			notify()
