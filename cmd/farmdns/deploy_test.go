@@ -91,6 +91,7 @@ var deployContract = map[string]deployMetric{
 var deployConditional = map[string]string{
 	"farmdns_consul_state_last_save_timestamp_seconds": "consul.state_file",
 	"farmdns_consul_state_save_errors_total":           "consul.state_file",
+	"farmdns_consul_catalog_ready":                     "consul_dns",
 }
 
 // deployTargetLabels are added to every series by the scrape.
