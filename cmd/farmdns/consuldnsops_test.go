@@ -148,6 +148,14 @@ consul_dns:
 	}
 	checkConsulDNSInChromium(t, chromium, web+"/status")
 
+	// A quiet catalog is not a stale one: the blocking queries answer
+	// within max_staleness, and the view needs no new read to stay fresh.
+	for end := time.Now().Add(2 * 3 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		if code := httpGet(t, web+"/readyz"); code != http.StatusOK {
+			t.Fatalf("/readyz on a quiet catalog: %d %s", code, httpBody(t, web+"/readyz"))
+		}
+	}
+
 	// Consul goes away: still answering, but not ready once the catalog
 	// has gone max_staleness without an answer.
 	a.Stop()
