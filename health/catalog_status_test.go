@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestCatalogStatusReady: the catalog is ready while every blocking query
@@ -51,5 +53,19 @@ func TestCatalogStatusReady(t *testing.T) {
 	s.ok("view", 9, t0.Add(321*time.Second))
 	if ok, why := s.status().Ready(t0.Add(322 * time.Second)); !ok {
 		t.Fatalf("not ready once the read succeeded: %s", why)
+	}
+}
+
+// TestCatalogCollectorLint: the catalog watcher's metrics pass promlint.
+func TestCatalogCollectorLint(t *testing.T) {
+	w := NewCatalogWatcher(CatalogWatcherConfig{}, nil, nil)
+	w.stat.start(time.Now(), time.Minute)
+	w.stat.ok("nodes", 3, time.Now())
+	problems, err := testutil.CollectAndLint(w.Collector())
+	if err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", err, problems)
+	}
+	if n := testutil.CollectAndCount(w.Collector()); n != 1+4+1 {
+		t.Errorf("%d series, want a last sync, 4 error counts and ready", n)
 	}
 }
