@@ -128,16 +128,24 @@ func newMetrics() *metrics {
 
 // addZones makes counters for zones that have none yet. Counters of zones
 // that were removed stay, so that a reload never resets a counter.
+// The Consul DNS domains count as zones: they are configured, so the label
+// stays bounded.
 func (m *metrics) addZones(st *State) {
-	if st.Zones == nil {
-		return
+	var names []string
+	if st.Zones != nil {
+		for _, z := range st.Zones.Zones() {
+			names = append(names, z.Origin)
+		}
+	}
+	if d, ok := st.ConsulDNS.(interface{ Domains() []string }); ok {
+		names = append(names, d.Domains()...)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	old := *m.zones.Load()
 	grown := false
-	for _, z := range st.Zones.Zones() {
-		if old[z.Origin] == nil {
+	for _, z := range names {
+		if old[z] == nil {
 			grown = true
 		}
 	}
@@ -148,9 +156,9 @@ func (m *metrics) addZones(st *State) {
 	for k, v := range old {
 		next[k] = v
 	}
-	for _, z := range st.Zones.Zones() {
-		if next[z.Origin] == nil {
-			next[z.Origin] = newZoneCounters(len(m.shards))
+	for _, z := range names {
+		if next[z] == nil {
+			next[z] = newZoneCounters(len(m.shards))
 		}
 	}
 	m.zones.Store(&next)
@@ -280,6 +288,13 @@ var (
 	targetCapDesc = prometheus.NewDesc("farmdns_target_capacity",
 		"The target's capacity in connections (report, meta or configured default; 0: unlimited).", []string{"pool", "target"}, nil)
 )
+
+// PoolAnswersMetric returns one target's farmdns_pool_answers_total sample,
+// for pools answered outside the zones (Consul DNS services) to count
+// under the same name.
+func PoolAnswersMetric(pool, target string, answers uint64) prometheus.Metric {
+	return prometheus.MustNewConstMetric(poolAnswersDesc, prometheus.CounterValue, float64(answers), pool, target)
+}
 
 // poolCollector exposes every pool's state, read at scrape time, so that a
 // target that leaves Consul leaves the metrics too.

@@ -14,9 +14,13 @@ import (
 
 // CatalogWatcherConfig tunes a CatalogWatcher; zero values take defaults.
 type CatalogWatcherConfig struct {
-	// WaitTime bounds each blocking query (default 5m, Consul's maximum
-	// is 10m).
+	// WaitTime bounds each blocking query (default min(1m,
+	// MaxStaleness/4), so that a quiet catalog still confirms the view well
+	// within MaxStaleness).
 	WaitTime time.Duration
+	// MaxStaleness is how long the view may go unconfirmed by Consul
+	// before Status reports not ready (default DefaultMaxStaleness).
+	MaxStaleness time.Duration
 	// MinInterval is the least time between two rebuilds of the view, and
 	// between two queries of one loop (default DefaultMinInterval).
 	MinInterval time.Duration
@@ -50,6 +54,7 @@ type CatalogWatcher struct {
 	log    *slog.Logger
 	cfg    CatalogWatcherConfig
 	cat    atomic.Pointer[Catalog]
+	stat   catalogStatus
 
 	// watching is the running service watches by lower-case name, copied on
 	// write so that Ask reads it without a lock.
@@ -86,8 +91,9 @@ type serviceWatch struct {
 
 // NewCatalogWatcher returns a watcher; Run starts it.
 func NewCatalogWatcher(cfg CatalogWatcherConfig, client *api.Client, log *slog.Logger) *CatalogWatcher {
+	cfg.MaxStaleness = cmpOr(cfg.MaxStaleness, DefaultMaxStaleness)
 	if cfg.WaitTime <= 0 {
-		cfg.WaitTime = 5 * time.Minute
+		cfg.WaitTime = min(DefaultMaxWaitTime, cfg.MaxStaleness/4)
 	}
 	if cfg.MinInterval <= 0 {
 		cfg.MinInterval = DefaultMinInterval
@@ -202,6 +208,7 @@ func loadedAll(cat *Catalog, names []string) bool {
 // Run watches until ctx is done and returns ctx's error.
 func (w *CatalogWatcher) Run(ctx context.Context) error {
 	w.ctx = ctx
+	w.stat.start(time.Now(), w.cfg.MaxStaleness)
 	close(w.started)
 	go w.watch(ctx, "nodes", func(q *api.QueryOptions) (uint64, error) {
 		nodes, m, err := w.client.Catalog().Nodes(q)
@@ -248,7 +255,10 @@ func (w *CatalogWatcher) Run(ctx context.Context) error {
 		}
 		last = time.Now()
 		if err := w.rebuild(); err != nil {
+			w.stat.fail("view", err, time.Now())
 			w.log.Warn("consul catalog view not rebuilt; serving the last good one", "err", err)
+		} else if cat := w.cat.Load(); cat != nil {
+			w.stat.ok("view", cat.Index, time.Now())
 		}
 	}
 }
@@ -412,6 +422,7 @@ func (w *CatalogWatcher) watch(ctx context.Context, name string, query func(*api
 		}
 		if err != nil {
 			failures++
+			w.stat.fail(name, err, time.Now())
 			if failures == 1 {
 				w.log.Warn("consul catalog watch failed", "watch", name, "err", fmt.Errorf("health: watch %s: %w", name, err))
 			}
@@ -425,6 +436,7 @@ func (w *CatalogWatcher) watch(ctx context.Context, name string, query func(*api
 			w.log.Info("consul catalog watch recovered", "watch", name, "failures", failures)
 			failures = 0
 		}
+		w.stat.ok(name, got, time.Now())
 		next := nextIndex(index, got)
 		if next != index {
 			changed()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/farmdns/farmdns/dnsserver"
 	"github.com/farmdns/farmdns/dnsserver/consuldns"
@@ -184,7 +185,8 @@ func catalogKey(c *Config) string {
 		Client       health.ConsulConfig
 		LoadPrefix   string        `json:",omitempty"`
 		MaxReportAge time.Duration `json:",omitempty"`
-	}{c.Consul.ConsulConfig, c.loadPrefix(), c.Consul.MaxReportAge})
+		MaxStaleness time.Duration `json:",omitempty"`
+	}{c.Consul.ConsulConfig, c.loadPrefix(), c.Consul.MaxReportAge, c.Consul.MaxStaleness})
 	return string(b)
 }
 
@@ -213,7 +215,13 @@ func (s *server) startCatalogWatch(cfg *Config) error {
 	if err != nil {
 		return fmt.Errorf("consul: %w", err)
 	}
-	w := health.NewCatalogWatcher(health.CatalogWatcherConfig{AllowStale: cfg.Consul.Stale()}, client, s.log)
+	// Blocking queries must answer well within max_staleness, as the
+	// pool watcher's do, for the readiness to mean something.
+	staleness := cmp.Or(cfg.Consul.MaxStaleness, health.DefaultMaxStaleness)
+	w := health.NewCatalogWatcher(health.CatalogWatcherConfig{
+		AllowStale: cfg.Consul.Stale(), MaxStaleness: staleness,
+		WaitTime: min(health.DefaultMaxWaitTime, staleness/4),
+	}, client, s.log)
 	var lw *health.LoadWatcher
 	if prefix := cfg.loadPrefix(); prefix != "" {
 		lw, err = health.NewLoadWatcher(health.LoadWatcherConfig{
@@ -254,4 +262,150 @@ func (s *server) stopCatalogWatch() {
 		s.catalogs.w.Store(nil)
 		s.catalogs.loads.Store(nil)
 	}
+}
+
+// consulDNSCollector exposes the Consul DNS side: the running catalog
+// watcher's sync state, and the answers per target of every service asked
+// with answers: N, as farmdns_pool_answers_total with the pool named as
+// asked ("web.service.consul.", "primary.web.service.consul.").
+type consulDNSCollector struct{ s *server }
+
+// Describe sends nothing: the series come and go with the watcher and the
+// names asked, and share names with other collectors.
+func (consulDNSCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (c consulDNSCollector) Collect(ch chan<- prometheus.Metric) {
+	if w := c.s.catalogs.w.Load(); w != nil {
+		w.Collector().Collect(ch)
+	}
+	for _, p := range c.s.consulPools(time.Now()) {
+		for _, t := range p.Targets {
+			ch <- dnsserver.PoolAnswersMetric(p.Name, t.Node+"/"+t.ServiceID, t.Answers)
+		}
+	}
+}
+
+// consulPool is one asked service's pool, named as asked.
+type consulPool struct {
+	Name, Service string // Service in lower case
+	Targets       []policy.TargetStats
+}
+
+// consulPools returns the pools of the services asked with answers: N,
+// none with answers: 0 (no ledger: Consul's order).
+func (s *server) consulPools(now time.Time) []consulPool {
+	cfg := s.cfg.Load()
+	if cfg.consulDNS == nil || cfg.consulPolicy == nil {
+		return nil
+	}
+	s.catalogs.mu.Lock()
+	b := s.catalogs.balanced
+	s.catalogs.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	domain := cfg.consulDNS.Domains()[0]
+	var out []consulPool
+	for _, p := range b.AllStats(now) {
+		name := p.Service + ".service." + domain
+		if p.Tag != "" {
+			name = p.Tag + "." + name
+		}
+		out = append(out, consulPool{Name: name, Service: p.Service, Targets: p.Targets})
+	}
+	return out
+}
+
+// catalogReady reports whether the Consul DNS domains answer from a
+// catalog Consul confirmed within max_staleness; true without consul_dns.
+func (s *server) catalogReady() (bool, string) {
+	if s.cfg.Load().ConsulDNS == nil {
+		return true, ""
+	}
+	w := s.catalogs.w.Load()
+	if w == nil {
+		return false, "consul_dns configured but no catalog watcher running"
+	}
+	if ok, why := w.Status().Ready(time.Now()); !ok {
+		return false, "consul_dns catalog: " + why
+	}
+	return true, ""
+}
+
+// consulDNSStatus is the Consul DNS section of /status.
+type consulDNSStatus struct {
+	Domains  []string        `json:"domains"`
+	Ready    bool            `json:"ready"`
+	Why      string          `json:"why,omitempty"`
+	Index    uint64          `json:"index"` // of the catalog view served; 0 before the first read
+	Services int             `json:"services"`
+	Nodes    int             `json:"nodes"`
+	DataSets []dataSetStatus `json:"data_sets"`
+	// Pools are the services asked with answers: N, as the zones' pools.
+	Pools []poolStatus `json:"pools"`
+}
+
+// consulDNSStatus returns the Consul DNS section without its pools, nil
+// without consul_dns, and the pools for recentAnswers.shares.
+func (s *server) consulDNSStatus(now time.Time) (*consulDNSStatus, []dnsserver.PoolStatus) {
+	cfg := s.cfg.Load()
+	if cfg.consulDNS == nil {
+		return nil, nil
+	}
+	cs := &consulDNSStatus{Domains: cfg.consulDNS.Domains()}
+	cs.Ready, cs.Why = s.catalogReady()
+	cat := s.catalogs.Catalog()
+	if cat != nil {
+		cs.Index, cs.Services, cs.Nodes = cat.Index, len(cat.Services), len(cat.Nodes)
+	}
+	if w := s.catalogs.w.Load(); w != nil {
+		cs.DataSets = dataSets(w.Status())
+	}
+	loads := s.catalogs.Loads()
+	var pools []dnsserver.PoolStatus
+	for _, p := range s.consulPools(now) {
+		ps := dnsserver.PoolStatus{
+			Name: p.Name, Zone: cs.Domains[0], Service: p.Service, Mode: policy.Nodes.String(),
+			Policy: cfg.consulPolicy.Policy.String(), Answers: cfg.consulPolicy.Answers,
+		}
+		for _, t := range p.Targets {
+			ts := dnsserver.TargetStatus{
+				Node: t.Node, ServiceID: t.ServiceID, Draining: t.Draining, Eligible: t.Eligible,
+				Predicted: t.Predicted, Answers: t.Answers, LastAnswered: timeOrNil(t.LastAnswered),
+				ExposureEnds: timeOrNil(t.ExposureEnds), SlowStartEnds: timeOrNil(t.SlowStartEnds),
+			}
+			if in := catalogInstance(cat, p.Service, t.Node, t.ServiceID); in != nil {
+				ts.Address, ts.Port, ts.Health = cmp.Or(in.Address, in.Node.Address), uint16(in.Port), in.Status().String()
+				ld := loads.Load(in.Service, in.Node.Name, in.ID, now)
+				ts.Connections, ts.Capacity = ld.Connections, ld.Capacity
+				ts.LoadState, ts.LoadSource = ld.State.String(), ld.Source.String()
+				if !ld.Updated.IsZero() {
+					ts.ReportAge = now.Sub(ld.Updated).Seconds()
+				}
+			}
+			ps.Targets = append(ps.Targets, ts)
+		}
+		pools = append(pools, ps)
+	}
+	return cs, pools
+}
+
+// catalogInstance finds one instance of service (lower case) in cat.
+func catalogInstance(cat *health.Catalog, service, node, id string) *health.CatalogInstance {
+	if cat == nil {
+		return nil
+	}
+	for _, in := range cat.Services[service] {
+		if in.Node.Name == node && in.ID == id {
+			return in
+		}
+	}
+	return nil
+}
+
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }

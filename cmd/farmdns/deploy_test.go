@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
 
+	"github.com/farmdns/farmdns/health"
 	"github.com/farmdns/farmdns/health/consultest"
 )
 
@@ -70,6 +71,7 @@ var deployContract = map[string]deployMetric{
 	"farmdns_consul_state_restored":                    {"gauge", nil},
 	"farmdns_consul_state_last_save_timestamp_seconds": {"gauge", nil},
 	"farmdns_consul_state_save_errors_total":           {"counter", nil},
+	"farmdns_consul_catalog_ready":                     {"gauge", nil},
 
 	"farmdns_config_last_reload_successful":        {"gauge", nil},
 	"farmdns_config_last_reload_timestamp_seconds": {"gauge", nil},
@@ -89,6 +91,7 @@ var deployContract = map[string]deployMetric{
 var deployConditional = map[string]string{
 	"farmdns_consul_state_last_save_timestamp_seconds": "consul.state_file",
 	"farmdns_consul_state_save_errors_total":           "consul.state_file",
+	"farmdns_consul_catalog_ready":                     "consul_dns",
 }
 
 // deployTargetLabels are added to every series by the scrape.
@@ -1382,11 +1385,13 @@ func TestDeployContractListsEveryMetric(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Those newServer registers that export farmdns metrics; the watcher's
-	// stands for watcherCollector, which describes nothing.
+	// Those newServer registers that export farmdns metrics; the watchers'
+	// stand for watcherCollector and consulDNSCollector, which describe
+	// nothing.
 	descs := make(chan *prometheus.Desc, 100)
 	go func() {
-		for _, c := range []prometheus.Collector{s.handler.Collector(), s.handler.PoolCollector(), s.reloadOK, s.reloadTime, w.Collector()} {
+		for _, c := range []prometheus.Collector{s.handler.Collector(), s.handler.PoolCollector(), s.reloadOK, s.reloadTime, w.Collector(),
+			health.NewCatalogWatcher(health.CatalogWatcherConfig{}, nil, log).Collector()} {
 			c.Describe(descs)
 		}
 		close(descs)

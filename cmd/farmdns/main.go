@@ -168,7 +168,7 @@ func newServer(path string, cfg *Config, st *dnsserver.State, log *slog.Logger) 
 	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		h.Collector(), h.PoolCollector(), s.dns.RRLCollector(), s.reloadOK, s.reloadTime, watcherCollector{s},
+		h.Collector(), h.PoolCollector(), s.dns.RRLCollector(), s.reloadOK, s.reloadTime, watcherCollector{s}, consulDNSCollector{s},
 	)
 	s.guard = adminhttp.NewGuard(cfg.HTTP.token, log)
 	s.web = adminhttp.NewServer(s.httpHandler(), cfg.HTTP.idleTimeout, log)
@@ -361,6 +361,10 @@ func (s *server) httpHandler() http.Handler {
 		if s.cfg.Load().hasPools() && (wt == nil || !wt.running()) {
 			// The pools are frozen: nothing will ever update them.
 			http.Error(w, "not ready: pools configured but no Consul watcher running", http.StatusServiceUnavailable)
+			return
+		}
+		if ok, why := s.catalogReady(); !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		if wt != nil {

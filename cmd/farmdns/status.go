@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/farmdns/farmdns/dnsserver"
+	"github.com/farmdns/farmdns/health"
 )
 
 //go:embed status.html
@@ -57,7 +58,9 @@ type status struct {
 	Zones    []zoneStatus  `json:"zones"`
 	Pools    []poolStatus  `json:"pools"`
 	Consul   *consulStatus `json:"consul,omitempty"`
-	Reload   reloadStatus  `json:"reload"`
+	// ConsulDNS is the consul_dns side: its catalog and asked services.
+	ConsulDNS *consulDNSStatus `json:"consul_dns,omitempty"`
+	Reload    reloadStatus     `json:"reload"`
 }
 
 type zoneStatus struct {
@@ -103,6 +106,19 @@ type dataSetStatus struct {
 	LastError   string    `json:"last_error,omitempty"`
 	Failing     bool      `json:"failing"`
 	Errors      uint64    `json:"errors"`
+}
+
+// dataSets returns ws's data sets for the status page.
+func dataSets(ws *health.Status) []dataSetStatus {
+	var out []dataSetStatus
+	for _, d := range ws.DataSets {
+		ds := dataSetStatus{Kind: string(d.Kind), Name: d.Name, Index: d.Index, LastSuccess: d.LastSuccess, Failing: d.Failing, Errors: d.Errors}
+		if d.LastError != nil {
+			ds.LastError = d.LastError.Error()
+		}
+		out = append(out, ds)
+	}
+	return out
 }
 
 type reloadStatus struct {
@@ -162,7 +178,15 @@ func (s *server) status() status {
 	for _, z := range s.handler.State().Zones.Zones() {
 		st.Zones = append(st.Zones, zoneStatus{Origin: z.Origin, File: z.File, Records: z.Records(), Serial: z.SOA().Serial})
 	}
-	st.Pools = s.recent.shares(s.handler.PoolsStatus(now), now)
+	pools := s.handler.PoolsStatus(now)
+	var consulPools []dnsserver.PoolStatus
+	st.ConsulDNS, consulPools = s.consulDNSStatus(now)
+	// One call: shares keeps one window for all the pools it is given.
+	st.Pools = s.recent.shares(append(pools, consulPools...), now)
+	if st.ConsulDNS != nil {
+		st.ConsulDNS.Pools = st.Pools[len(pools):]
+	}
+	st.Pools = st.Pools[:len(pools):len(pools)]
 	if w := s.currentWatcher(); w != nil {
 		ws := w.Status()
 		ready, why := ws.Ready(now)
@@ -173,13 +197,7 @@ func (s *server) status() status {
 				st.Consul.StateSaveError = sf.LastError.Error()
 			}
 		}
-		for _, d := range ws.DataSets {
-			ds := dataSetStatus{Kind: string(d.Kind), Name: d.Name, Index: d.Index, LastSuccess: d.LastSuccess, Failing: d.Failing, Errors: d.Errors}
-			if d.LastError != nil {
-				ds.LastError = d.LastError.Error()
-			}
-			st.Consul.DataSets = append(st.Consul.DataSets, ds)
-		}
+		st.Consul.DataSets = dataSets(ws)
 	}
 	s.mu.Lock()
 	st.Reload = s.lastReload

@@ -153,6 +153,9 @@ func (r *Resolver) under(host string) bool {
 	return false
 }
 
+// Domains returns the served domains, lower case and fully qualified.
+func (s *Server) Domains() []string { return s.r.Domains() }
+
 // domain returns the closest served domain name is in, or "".
 func (s *Server) domain(name string) string {
 	best := ""
