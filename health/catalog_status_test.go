@@ -47,7 +47,7 @@ func TestCatalogStatusReady(t *testing.T) {
 	if ok, why := st.Ready(t0.Add(320 * time.Second)); ok || !strings.Contains(why, "catalog view") || !strings.Contains(why, "boom") {
 		t.Fatalf("ready %v (%s) with the view's read failing for 70 s", ok, why)
 	}
-	if v := st.DataSets[3]; v.Name != "view" || v.Errors != 1 || !v.Failing || v.Index != 7 {
+	if v := st.DataSets[2]; v.Name != "view" || v.Errors != 1 || !v.Failing || v.Index != 7 {
 		t.Errorf("view data set %+v", v)
 	}
 	s.ok("view", 9, t0.Add(321*time.Second))

@@ -357,6 +357,9 @@ func (s *server) consulDNSStatus(now time.Time) (*consulDNSStatus, []dnsserver.P
 	cat := s.catalogs.Catalog()
 	if cat != nil {
 		cs.Index, cs.Services, cs.Nodes = cat.Index, len(cat.Services), len(cat.Nodes)
+		if cat.Partial {
+			cs.Services = len(cat.Listed) // the view holds only the services asked
+		}
 	}
 	if w := s.catalogs.w.Load(); w != nil {
 		cs.DataSets = dataSets(w.Status())

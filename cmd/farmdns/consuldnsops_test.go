@@ -122,7 +122,7 @@ consul_dns:
 		t.Fatal(err)
 	}
 	cs := got.ConsulDNS
-	if cs == nil || len(cs.Domains) != 1 || cs.Domains[0] != "consul." || !cs.Ready || cs.Index == 0 || cs.Services < 2 || cs.Nodes < 2 || len(cs.DataSets) != 4 {
+	if cs == nil || len(cs.Domains) != 1 || cs.Domains[0] != "consul." || !cs.Ready || cs.Index == 0 || cs.Services < 2 || cs.Nodes < 2 || len(cs.DataSets) != 3 {
 		t.Fatalf("status.json consul_dns: %+v", cs)
 	}
 	if len(cs.Pools) != 1 || cs.Pools[0].Name != "web.service.consul." || len(cs.Pools[0].Targets) != 2 {
