@@ -51,6 +51,7 @@ func TestClosedLoopConsulDNSBalance(t *testing.T) {
 	// Ask only once the view holds every node: a node that joins a pool
 	// already asked for starts a slow start, which would last the run.
 	eventually(t, 10*time.Second, "all nodes in the catalog view", func() bool {
+		f.srv.catalogs.Ask("ws") // the view holds only services asked for
 		c := f.srv.catalogs.Catalog()
 		return c != nil && len(c.Services["ws"]) == nodes
 	})
