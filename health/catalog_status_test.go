@@ -65,7 +65,7 @@ func TestCatalogCollectorLint(t *testing.T) {
 	if err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", err, problems)
 	}
-	if n := testutil.CollectAndCount(w.Collector()); n != 1+4+1 {
-		t.Errorf("%d series, want a last sync, 4 error counts and ready", n)
+	if n := testutil.CollectAndCount(w.Collector()); n != 1+len(catalogDataSets)+1 {
+		t.Errorf("%d series, want a last sync, %d error counts and ready", n, len(catalogDataSets))
 	}
 }
