@@ -1,10 +1,7 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -57,24 +54,7 @@ consul:
 consul_dns:
   domain: consul.
 `, a.Addr)
-	path := writeConfig(t, config, goodZone)
-	cfg, st, err := load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := newServer(path, cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := srv.start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
+	srv, _ := runServer(t, writeConfig(t, config, goodZone))
 	addr := srv.dns.BoundAddrs()[0].String()
 	wait := func(what string, ok func(*dns.Msg) bool) {
 		t.Helper()

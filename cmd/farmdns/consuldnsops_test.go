@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -39,24 +36,7 @@ consul_dns:
   policy: least-loaded
   answers: 1
 `, a.Addr)
-	path := writeConfig(t, config, goodZone)
-	cfg, st, err := load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := newServer(path, cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := srv.start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
+	srv, _ := runServer(t, writeConfig(t, config, goodZone))
 	addr := srv.dns.BoundAddrs()[0].String()
 	web := "http://" + srv.webLn.Addr().String()
 
