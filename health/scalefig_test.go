@@ -18,8 +18,17 @@ const (
 	figInstances = 10000
 	figPercent   = 5                // of the loads rewritten every second
 	figWindow    = 10 * time.Second // measured
-	figMaxCPU    = 0.30             // of one core; measured 4-6 %, 18 % under -race
 )
+
+// figMaxCPU bounds the watcher's share of one core; measured 4-6 %, 18-32 %
+// under -race, where the decoding is slow enough that the cost pacing binds:
+// each of the two loops then takes up to a fifth of a core.
+func figMaxCPU() float64 {
+	if raceEnabled {
+		return 0.50
+	}
+	return 0.30
+}
 
 // figMaxFill bounds the time from start to a pool full of loads; measured
 // 2.7-6.1 s, 19.5 s under -race.
@@ -56,8 +65,8 @@ func TestScaleFigures(t *testing.T) {
 	if fill > figMaxFill() {
 		t.Errorf("pool full %v after start, bound %v", fill, figMaxFill())
 	}
-	if s := fig.cpuShare(); s > figMaxCPU {
-		t.Errorf("watcher CPU %.0f%% of a core, bound %.0f%%", 100*s, 100*figMaxCPU)
+	if s := fig.cpuShare(); s > figMaxCPU() {
+		t.Errorf("watcher CPU %.0f%% of a core, bound %.0f%%", 100*s, 100*figMaxCPU())
 	}
 	if fig.publishes == 0 {
 		t.Errorf("no snapshot published in %v of load changes", fig.elapsed)
