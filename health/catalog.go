@@ -42,6 +42,11 @@ func (c *Catalog) IP(addr string) net.IP {
 	if ip, ok := c.ips[addr]; ok {
 		return ip
 	}
+	if addr == "" {
+		// Asked for every instance without an address of its own; the
+		// table leaves it out.
+		return nil
+	}
 	return net.ParseIP(addr)
 }
 

@@ -93,7 +93,7 @@ func metaTXT(owner string, n *health.CatalogNode, ttl uint32) []dns.RR {
 	out := make([]dns.RR, 0, len(n.Meta))
 	for k, v := range n.Meta {
 		txt := v
-		if !strings.HasPrefix(strings.ToLower(k), "rfc1035-") {
+		if len(k) < len("rfc1035-") || !strings.EqualFold(k[:len("rfc1035-")], "rfc1035-") {
 			txt = rfc1464(k, v)
 		}
 		out = append(out, &dns.TXT{
@@ -111,6 +111,10 @@ var keyQuoter = strings.NewReplacer("`", "``", "=", "`=")
 // rfc1464 writes key=value, quoting with backquotes the key's backquotes,
 // equals signs and leading and trailing spaces, and the value's backquotes.
 func rfc1464(key, value string) string {
+	if plainMeta(key, value) {
+		// The common case, built in one allocation.
+		return key + "=" + value
+	}
 	trimmed := strings.TrimLeft(key, " ")
 	lead := len(key) - len(trimmed)
 	core := strings.TrimRight(trimmed, " ")
@@ -340,4 +344,17 @@ func (r *Resolver) chase(name string, cat *health.Catalog, depth int) []dns.RR {
 	}
 	q := dns.Question{Name: name, Qtype: dns.TypeANY, Qclass: dns.ClassINET}
 	return r.lookup(q, ask{}, cat, depth-1).answer
+}
+
+// plainMeta reports whether key=value needs no quoting: no backquote or
+// equals sign in the key, no backquote in the value, no space at the key's
+// ends.
+func plainMeta(key, value string) bool {
+	if strings.Contains(value, "`") {
+		return false
+	}
+	if key == "" {
+		return true
+	}
+	return key[0] != ' ' && key[len(key)-1] != ' ' && !strings.ContainsAny(key, "`=")
 }

@@ -1,0 +1,22 @@
+package consuldns
+
+import "testing"
+
+// TestRFC1464: meta keys and values are quoted as Consul writes them,
+// plain ones (the fast path) and ones needing quoting alike.
+func TestRFC1464(t *testing.T) {
+	for _, c := range []struct{ key, value, want string }{
+		{"rack", "r1", "rack=r1"},
+		{"", "v", "=v"},
+		{"", "a`b", "=a``b"},
+		{"k", "a`b", "k=a``b"},
+		{"a=b", "v", "a`=b=v"},
+		{"a`b", "v", "a``b=v"},
+		{" k ", "v", "` k` =v"},
+		{"  k", "v=w", "` ` k=v=w"},
+	} {
+		if got := rfc1464(c.key, c.value); got != c.want {
+			t.Errorf("rfc1464(%q, %q) = %q, want %q", c.key, c.value, got, c.want)
+		}
+	}
+}
