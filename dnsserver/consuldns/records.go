@@ -3,7 +3,7 @@ package consuldns
 import (
 	"encoding/hex"
 	"net"
-	"strconv"
+	"net/netip"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -143,7 +143,7 @@ type svcQuery struct {
 // CNAMEs only when no instance has an address.
 func (r *Resolver) addressRecords(s svcQuery, in []*health.CatalogInstance) []dns.RR {
 	var answer, cname []dns.RR
-	seen := make(map[string]bool, len(in))
+	seen := make(map[rrKey]bool, len(in))
 	count := 0
 	for _, i := range in {
 		recs, _ := r.instanceRecords(s, i)
@@ -173,29 +173,45 @@ func (r *Resolver) addressRecords(s svcQuery, in []*health.CatalogInstance) []dn
 	return answer
 }
 
+// rrKey is what dedupKey returns: comparable without building a string for
+// the common records.
+type rrKey struct {
+	rrtype uint16
+	addr   netip.Addr
+	text   string // a CNAME's target, or another record's text
+}
+
 // dedupKey identifies an instance's first record within one answer, where
 // owner, class and TTL are the same for all: Consul compares the records'
 // text, which costs far more.
-func dedupKey(rr dns.RR) string {
+func dedupKey(rr dns.RR) rrKey {
 	switch v := rr.(type) {
 	case *dns.A:
-		return "A" + string(v.A.To4())
+		a, _ := netip.AddrFromSlice(v.A.To4())
+		return rrKey{rrtype: dns.TypeA, addr: a}
 	case *dns.AAAA:
-		return "AAAA" + string(v.AAAA.To16())
+		a, _ := netip.AddrFromSlice(v.AAAA.To16())
+		return rrKey{rrtype: dns.TypeAAAA, addr: a}
 	case *dns.CNAME:
-		return "CNAME" + v.Target
+		return rrKey{rrtype: dns.TypeCNAME, text: v.Target}
 	}
-	return rr.String()
+	return rrKey{text: rr.String()}
+}
+
+// srvKey is one node/address/port an SRV answer lists once.
+type srvKey struct {
+	node, addr string
+	port       int
 }
 
 // srvRecords answers a service's SRV question: one SRV per distinct
 // node/address/port, the targets' addresses and the nodes' meta as
 // additional records.
 func (r *Resolver) srvRecords(s svcQuery, ord Ordered) (answer, extra []dns.RR) {
-	seen := make(map[string]bool, len(ord.In))
+	seen := make(map[srvKey]bool, len(ord.In))
 	respDomain := r.responseDomain(s.q.Name)
 	for n, i := range ord.In {
-		key := i.Node.Name + ":" + pickAddress(acceptAny, i.Address, i.LANv4, i.LANv6) + ":" + strconv.Itoa(i.Port)
+		key := srvKey{i.Node.Name, pickAddress(acceptAny, i.Address, i.LANv4, i.LANv6), i.Port}
 		if seen[key] {
 			continue
 		}

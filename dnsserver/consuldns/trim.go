@@ -50,13 +50,13 @@ func trimUDP(req, m *dns.Msg, udpLimit int) {
 		size = int(opt.UDPSize())
 	}
 	size = min(size, maxUDPSize)
-	index := indexByName(m.Extra)
+	index := &extraIndex{rrs: m.Extra}
 	compress := m.Compress
 	if limit := min(maxUDPAnswers, udpLimit); size == 512 && len(m.Answer) > limit {
 		m.Compress = false
 		m.Answer = m.Answer[:limit]
-		if index != nil {
-			m.Extra = targetsExtra(index, m.Answer)
+		if idx := index.get(); idx != nil {
+			m.Extra = targetsExtra(idx, m.Answer)
 		}
 	}
 	shrink(m, size-8, size, index)
@@ -72,14 +72,15 @@ func trimTCP(qtype uint16, m *dns.Msg) {
 	if len(m.Answer) > most {
 		m.Answer = m.Answer[:most]
 	}
-	shrink(m, maxTCPSize, maxTCPSize, indexByName(m.Extra))
+	shrink(m, maxTCPSize, maxTCPSize, &extraIndex{rrs: m.Extra})
 }
 
 // shrink drops answers (keeping at least one) until m packs to limit
 // octets, searching for the count by bisection when far over. (Consul drops
 // the authority section first, but no answer of several records has one.)
-func shrink(m *dns.Msg, limit, searchLimit int, index map[string]dns.RR) {
+func shrink(m *dns.Msg, limit, searchLimit int, x *extraIndex) {
 	for len(m.Answer) > 1 && m.Len() > limit {
+		index := x.get()
 		if m.Len()-searchLimit > 100 {
 			m.Answer = m.Answer[:fit(m, searchLimit, index)]
 		} else {
@@ -109,6 +110,21 @@ func fit(m *dns.Msg, limit int, index map[string]dns.RR) int {
 	}
 	m.Answer = all
 	return lo
+}
+
+// extraIndex is an additional section's indexByName, built on first use:
+// most answers fit and never need it.
+type extraIndex struct {
+	rrs   []dns.RR
+	index map[string]dns.RR
+	built bool
+}
+
+func (x *extraIndex) get() map[string]dns.RR {
+	if !x.built {
+		x.index, x.built = indexByName(x.rrs), true
+	}
+	return x.index
 }
 
 // indexByName maps each lower-case owner name to its first record, or
