@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -142,26 +143,32 @@ type svcQuery struct {
 // record set per instance, duplicates (two instances of one node) once,
 // CNAMEs only when no instance has an address.
 func (r *Resolver) addressRecords(s svcQuery, in []*health.CatalogInstance) []dns.RR {
-	var answer, cname []dns.RR
+	answer := make([]dns.RR, 0, len(in))
+	var cname []dns.RR
 	seen := make(map[rrKey]bool, len(in))
 	count := 0
 	for _, i := range in {
-		recs, _ := r.instanceRecords(s, i)
+		// Each instance's records are appended, then taken back when
+		// they are not kept.
+		n := len(answer)
+		answer, _ = r.instanceRecords(s, i, answer, nil)
+		recs := answer[n:]
 		if len(recs) == 0 {
 			continue
 		}
 		key := dedupKey(recs[0])
 		if seen[key] {
+			answer = answer[:n]
 			continue
 		}
 		seen[key] = true
 		if _, ok := recs[0].(*dns.CNAME); ok {
 			if cname == nil {
-				cname = recs
+				cname = slices.Clone(recs)
 			}
+			answer = answer[:n]
 			continue
 		}
-		answer = append(answer, recs...)
 		count++
 		if count == r.cfg.AnswerLimit {
 			break
@@ -208,6 +215,7 @@ type srvKey struct {
 // node/address/port, the targets' addresses and the nodes' meta as
 // additional records.
 func (r *Resolver) srvRecords(s svcQuery, ord Ordered) (answer, extra []dns.RR) {
+	answer = make([]dns.RR, 0, len(ord.In))
 	seen := make(map[srvKey]bool, len(ord.In))
 	respDomain := r.responseDomain(s.q.Name)
 	for n, i := range ord.In {
@@ -216,12 +224,11 @@ func (r *Resolver) srvRecords(s svcQuery, ord Ordered) (answer, extra []dns.RR) 
 			continue
 		}
 		seen[key] = true
-		ans, ext := r.instanceRecords(s, i)
-		if srv, ok := firstSRV(ans); ok && ord.Weights != nil {
+		k := len(answer)
+		answer, extra = r.instanceRecords(s, i, answer, extra)
+		if srv, ok := firstSRV(answer[k:]); ok && ord.Weights != nil {
 			srv.Weight = ord.Weights[n]
 		}
-		answer = append(answer, ans...)
-		extra = append(extra, ext...)
 		extra = append(extra, metaTXT(nodeName(i.Node, s.cat, respDomain), i.Node, s.ttl)...)
 	}
 	return answer, extra
@@ -240,32 +247,33 @@ func nodeName(n *health.CatalogNode, cat *health.Catalog, respDomain string) str
 	return n.Name + ".node." + cat.Datacenter + "." + respDomain
 }
 
-// instanceRecords answers one instance: for SRV the SRV record and its
-// target's address; otherwise its address, or a CNAME for a hostname.
-func (r *Resolver) instanceRecords(s svcQuery, i *health.CatalogInstance) (answer, extra []dns.RR) {
+// instanceRecords answers one instance, appending to answer and extra: for
+// SRV the SRV record and its target's address; otherwise its address, or a
+// CNAME for a hostname.
+func (r *Resolver) instanceRecords(s svcQuery, i *health.CatalogInstance, answer, extra []dns.RR) ([]dns.RR, []dns.RR) {
 	a := acceptFor(s.q.Qtype)
 	svc := pickAddress(a, i.Address, i.LANv4, i.LANv6)
 	node := pickAddress(a, i.Node.Address, i.Node.LANv4, i.Node.LANv6)
 	if svc == "" && node == "" {
-		return nil, nil
+		return answer, extra
 	}
 	svcIP, nodeIP := s.cat.IP(svc), s.cat.IP(node)
 	switch {
 	case svc == "" && nodeIP != nil:
 		if node != i.Node.Address {
 			// A tagged address: name it by the IP, not the node.
-			return r.ipRecords(s, i, nodeIP)
+			return r.ipRecords(s, i, nodeIP, answer, extra)
 		}
-		return r.nodeIPRecords(s, i, nodeIP)
+		return r.nodeIPRecords(s, i, nodeIP, answer, extra)
 	case svc == "":
-		return r.hostRecords(s, i, node)
+		return r.hostRecords(s, i, node, answer, extra)
 	case svcIP != nil:
-		return r.ipRecords(s, i, svcIP)
+		return r.ipRecords(s, i, svcIP, answer, extra)
 	case dns.Fqdn(svc) == s.q.Name && nodeIP != nil:
 		// A service address naming the question itself means the node.
-		return r.nodeIPRecords(s, i, nodeIP)
+		return r.nodeIPRecords(s, i, nodeIP, answer, extra)
 	}
-	return r.hostRecords(s, i, svc)
+	return r.hostRecords(s, i, svc, answer, extra)
 }
 
 func (r *Resolver) srv(s svcQuery, i *health.CatalogInstance, target string) *dns.SRV {
@@ -282,28 +290,28 @@ func (r *Resolver) srv(s svcQuery, i *health.CatalogInstance, target string) *dn
 func weight(*health.CatalogInstance) uint16 { return 1 }
 
 // nodeIPRecords answers with the node's IP; an SRV targets the node's name.
-func (r *Resolver) nodeIPRecords(s svcQuery, i *health.CatalogInstance, ip net.IP) (answer, extra []dns.RR) {
+func (r *Resolver) nodeIPRecords(s svcQuery, i *health.CatalogInstance, ip net.IP, answer, extra []dns.RR) ([]dns.RR, []dns.RR) {
 	q := s.q
 	rr := addressRecord(q.Qtype, ip, s.ttl)
 	if rr == nil {
-		return nil, nil
+		return answer, extra
 	}
 	if q.Qtype == dns.TypeSRV {
 		target := nodeName(i.Node, s.cat, r.responseDomain(q.Name))
 		rr.Header().Name = target
-		return []dns.RR{r.srv(s, i, target)}, []dns.RR{rr}
+		return append(answer, r.srv(s, i, target)), append(extra, rr)
 	}
 	rr.Header().Name = q.Name
-	return []dns.RR{rr}, nil
+	return append(answer, rr), extra
 }
 
 // ipRecords answers with an IP of the service's own; an SRV targets the IP
 // written as <hex>.addr.<dc>.<domain>, even when it is the node's address.
-func (r *Resolver) ipRecords(s svcQuery, i *health.CatalogInstance, ip net.IP) (answer, extra []dns.RR) {
+func (r *Resolver) ipRecords(s svcQuery, i *health.CatalogInstance, ip net.IP, answer, extra []dns.RR) ([]dns.RR, []dns.RR) {
 	q := s.q
 	rr := addressRecord(q.Qtype, ip, s.ttl)
 	if rr == nil {
-		return nil, nil
+		return answer, extra
 	}
 	if q.Qtype == dns.TypeSRV {
 		h := hex.EncodeToString(ip)
@@ -312,15 +320,15 @@ func (r *Resolver) ipRecords(s svcQuery, i *health.CatalogInstance, ip net.IP) (
 		}
 		target := h + ".addr." + s.cat.Datacenter + "." + r.responseDomain(q.Name)
 		rr.Header().Name = target
-		return []dns.RR{r.srv(s, i, target)}, []dns.RR{rr}
+		return append(answer, r.srv(s, i, target)), append(extra, rr)
 	}
 	rr.Header().Name = q.Name
-	return []dns.RR{rr}, nil
+	return append(answer, rr), extra
 }
 
 // hostRecords answers with a hostname: an SRV targets it, anything else gets
 // a CNAME; a name in the served domain is chased and its records added.
-func (r *Resolver) hostRecords(s svcQuery, i *health.CatalogInstance, host string) (answer, extra []dns.RR) {
+func (r *Resolver) hostRecords(s svcQuery, i *health.CatalogInstance, host string, answer, extra []dns.RR) ([]dns.RR, []dns.RR) {
 	q, t := s.q, s.ttl
 	target := dns.Fqdn(host)
 	var more []dns.RR
@@ -338,13 +346,13 @@ func (r *Resolver) hostRecords(s svcQuery, i *health.CatalogInstance, host strin
 		}
 	}
 	if q.Qtype == dns.TypeSRV {
-		return []dns.RR{r.srv(s, i, target)}, more
+		return append(answer, r.srv(s, i, target)), append(extra, more...)
 	}
 	cname := &dns.CNAME{
 		Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: t},
 		Target: target,
 	}
-	return append([]dns.RR{cname}, more...), nil
+	return append(append(answer, cname), more...), extra
 }
 
 // chase answers an ANY question for a name in the served domain, so a CNAME
