@@ -53,7 +53,8 @@ func (l locality) local(cat *health.Catalog) bool {
 // lookup parses the question's name and answers it from cat.
 func (r *Resolver) lookup(q dns.Question, a ask, cat *health.Catalog, depth int) result {
 	name := r.trimDomain(strings.ToLower(dns.Fqdn(q.Name)))
-	kind, parts, suffix := parseName(dns.SplitDomainName(name), q.Qtype)
+	var buf [8]string
+	kind, parts, suffix := parseName(splitLabels(name, buf[:0]), q.Qtype)
 	if kind == "" || len(parts) == 0 {
 		return result{out: nameError}
 	}
@@ -101,6 +102,24 @@ func (r *Resolver) lookup(q dns.Question, a ask, cat *health.Catalog, depth int)
 		return r.addr(q, name, parts)
 	}
 	return result{out: nameError}
+}
+
+// splitLabels appends name's labels to out, as dns.SplitDomainName returns
+// them; a plain name (the common case) is split without allocating more
+// than out, others go to dns.SplitDomainName.
+func splitLabels(name string, out []string) []string {
+	name = strings.TrimSuffix(name, ".")
+	if name == "" || name[0] == '.' || strings.Contains(name, "..") || strings.IndexByte(name, '\\') >= 0 {
+		return dns.SplitDomainName(name)
+	}
+	for {
+		i := strings.IndexByte(name, '.')
+		if i < 0 {
+			return append(out, name)
+		}
+		out = append(out, name[:i])
+		name = name[i+1:]
+	}
 }
 
 // parseName splits a name's labels (domain trimmed) at the rightmost

@@ -107,7 +107,8 @@ func (r *Resolver) reads(q dns.Question, cat *health.Catalog, out []string) []st
 }
 
 func (r *Resolver) readsName(name string, qtype uint16, cat *health.Catalog, depth int, out []string) []string {
-	kind, parts, _ := parseName(dns.SplitDomainName(r.trimDomain(strings.ToLower(dns.Fqdn(name)))), qtype)
+	var buf [8]string
+	kind, parts, _ := parseName(splitLabels(r.trimDomain(strings.ToLower(dns.Fqdn(name))), buf[:0]), qtype)
 	if len(parts) == 0 {
 		return out
 	}
