@@ -18,6 +18,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/farmdns/farmdns/health/consultest"
 	"github.com/farmdns/farmdns/zones"
 )
 
@@ -49,7 +50,7 @@ func startKnot(t *testing.T, zs ...testZone) string {
     acl: transfer
 `, z.origin, file)
 	}
-	port := freePort(t)
+	port := consultest.FreePort(t)
 	conf := fmt.Sprintf(`server:
     rundir: "%[1]s"
     listen: 127.0.0.1@%[2]d
@@ -91,26 +92,6 @@ zone:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// freePort returns a loopback port free on both UDP and TCP just now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		u, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		u.Close()
-		if err == nil {
-			l.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
 }
 
 // probe is one query of the corpus.

@@ -141,7 +141,7 @@ func startUnbound(t *testing.T, bin, upstream string, ecs bool) string {
 	var logs string
 	for range 3 {
 		dir := t.TempDir()
-		port := freePort(t)
+		port := consultest.FreePort(t)
 		conf := fmt.Sprintf(`server:
   interface: 127.0.0.1
   port: %d
@@ -219,18 +219,6 @@ func runUnbound(t *testing.T, bin, path, addr string) (logs string, ok bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// freePort returns a loopback UDP port that was free a moment ago (unbound
-// cannot be told to pick one and say which).
-func freePort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
 // ubAsk asks unbound for name's A records as the client 127.0.<net>.<host>,

@@ -377,36 +377,6 @@ func (a *Agent) logTail() string {
 	return string(bytes.TrimSpace(b))
 }
 
-// freePorts returns n distinct loopback ports that were free for both TCP and
-// UDP (Serf uses both) at the time of the call.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var held []func()
-	defer func() {
-		for _, c := range held {
-			c()
-		}
-	}()
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 50 {
-			return nil, errors.New("no free loopback ports")
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("probe port: %w", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			l.Close()
-			continue
-		}
-		held = append(held, func() { l.Close(); u.Close() })
-		ports = append(ports, port)
-	}
-	return ports, nil
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)

@@ -86,7 +86,7 @@ func openConns(b *testing.B, n int) uint16 {
 		b.Logf("RLIMIT_NOFILE hard limit is %d and cannot be raised (needs CAP_SYS_RESOURCE): holding the sockets in %d helper processes",
 			hard, (n+chunk-1)/chunk)
 	}
-	port := freePort(b)
+	port := uint16(consultest.FreePort(b))
 	for k := 0; n > 0; k++ {
 		m := min(n, chunk)
 		n -= m
@@ -102,18 +102,6 @@ func openConns(b *testing.B, n int) uint16 {
 		}
 	}
 	return port
-}
-
-// freePort returns a port that is free now on 127.0.0.1; the listeners use
-// it on other loopback addresses, where it is almost surely free too.
-func freePort(b *testing.B) uint16 {
-	b.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 
 // raiseNofile lifts the soft RLIMIT_NOFILE to want, or as far as the hard
