@@ -11,7 +11,7 @@ import (
 // BenchmarkChoose measures one choice, as the query path makes it: a new
 // key every time (no sticky repeats), the clock moving on.
 func BenchmarkChoose(b *testing.B) {
-	for _, n := range []int{10, 1000, 10000} {
+	for _, n := range []int{10, 1000, 10000, 50000} {
 		for _, k := range []int{2, 3} {
 			b.Run(fmt.Sprintf("targets=%d/answers=%d", n, k), func(b *testing.B) {
 				cfg := testConfig()

@@ -247,11 +247,14 @@ func (p *Pool) account(dst []int, now int64, size float64) {
 	w := uint64(size*ledgerUnit + 0.5)
 	for pos, j := range dst {
 		st := p.ents[j].st
+		c := p.c2
 		if pos == 0 {
 			st.first.Add(w)
+			c = p.c1
 		} else {
 			st.other.Add(w)
 		}
+		p.hot[j].add(c * float64(w) / ledgerUnit)
 		st.count.Add(1)
 		st.last.Store(now)
 	}
@@ -316,33 +319,66 @@ func (p *Pool) pick(dst []int, list []int32, k int, r *rng, now int64, fallback 
 		add = size * p.c1
 	}
 	s := newSampler(len(list), p.cfg.Candidates, r)
+	var idx [gather]int32
+	var pred [gather]float64
 	for {
-		n, ok := s.next()
-		if !ok {
+		// A chunk of candidates' indices, then their hot records, are read
+		// before any is scored: those loads do not wait on one another, so
+		// their cache misses overlap (a 50,000-target pool's list and hot
+		// array do not stay in cache).
+		m := 0
+		for ; m < gather; m++ {
+			n, ok := s.next()
+			if !ok {
+				break
+			}
+			idx[m] = list[n]
+		}
+		if m == 0 {
 			break
 		}
-		j := list[n]
-		if len(dst) > 0 && contains(dst, int(j)) {
-			continue
+		for i, j := range idx[:m] {
+			pred[i] = math.Float64frombits(p.hot[j].pred.Load())
 		}
-		e := &p.ents[j]
-		var score float64
-		switch {
-		case fallback:
-			score = float64(e.fallback)*1e9 + p.predicted(e)/e.cap
-		case p.cfg.Policy == NaiveLeastLoaded:
-			score = e.conn / e.cap
-		case p.cfg.Policy == Weighted:
-			score = weightedScore(p.capacity(e, now)-p.predicted(e), p.predicted(e)/e.cap, p.equalCap, r)
-		default: // LeastLoaded
-			score = (p.predicted(e)+add)/p.capacity(e, now) + spread*r.float()
+		for i, j := range idx[:m] {
+			if len(dst) > 0 && contains(dst, int(j)) {
+				continue
+			}
+			var score float64
+			if h := &p.hot[j]; fallback || p.cfg.Policy == NaiveLeastLoaded {
+				score = p.plainScore(j, fallback)
+			} else {
+				full := float64(h.cap)
+				c := full
+				if h.ramp {
+					c = p.capacity(&p.ents[j], now)
+				}
+				if p.cfg.Policy == Weighted {
+					score = weightedScore(c-pred[i], pred[i]/full, p.equalCap, r)
+				} else { // LeastLoaded
+					score = (pred[i]+add)/c + spread*r.float()
+				}
+			}
+			top.offer(j, score)
 		}
-		top.offer(j, score)
 	}
 	for i := range top.n {
 		dst = append(dst, int(top.idx[i]))
 	}
 	return dst
+}
+
+// gather is how many candidates pick reads at a time.
+const gather = 32
+
+// plainScore is pick's score for candidate j when failing open (rank, then
+// predicted utilisation) or under the naive policy (reported utilisation).
+func (p *Pool) plainScore(j int32, fallback bool) float64 {
+	e := &p.ents[j]
+	if fallback {
+		return float64(e.fallback)*1e9 + p.predicted(e)/e.cap
+	}
+	return e.conn / e.cap
 }
 
 // weightedScore makes the k lowest scores a sample without replacement with

@@ -119,6 +119,29 @@ func TestPredictiveAccounting(t *testing.T) {
 	}
 }
 
+// TestHotPrediction: the packed copy of each target's prediction that pick
+// reads follows the ledger, across choices and a rebuild, in a pool big
+// enough to be sampled.
+func TestHotPrediction(t *testing.T) {
+	ts := targets(500)
+	p := NewPool(testConfig(), ts, nil, nil, t0)
+	check := func(when string) {
+		t.Helper()
+		for i := range p.ents {
+			want, got := p.predicted(&p.ents[i]), math.Float64frombits(p.hot[i].pred.Load())
+			if math.Abs(got-want) > 1e-6*max(1, want) {
+				t.Fatalf("%s: target %d: pick reads %v predicted connections, the ledger says %v", when, i, got, want)
+			}
+		}
+	}
+	choose(t, p, IPv4, 3000, time.Second)
+	check("after 3000 choices")
+	p = NewPool(testConfig(), ts, nil, p, t0.Add(5*time.Second))
+	check("after a rebuild")
+	choose(t, p, IPv4, 3000, 6*time.Second)
+	check("after 3000 more")
+}
+
 func TestRoundRobinRotates(t *testing.T) {
 	cfg := testConfig()
 	cfg.Policy, cfg.Answers = RoundRobin, 2
