@@ -93,17 +93,17 @@ func (p *Pool) ChooseN(dst []int, fam Family, key uint64, now int64, n int) (pic
 	var a asker
 	p.ch.askers.load(key, now, int64(p.cfg.TTL), &a)
 	var size, wait float64
-	if p.sticky(&a, now) {
+	if p.sticky(&a, key, now) {
 		// The same asker again, e.g. the AAAA question after the A one.
 		dst = p.fromIDs(dst, a.ids[:a.n], fam, k)
 		if len(dst) > 0 { // and with the TTL it had
-			size = a.sizeAgain(&p.ch.pace)
+			size = a.sizeAgain(p.ch.pace(key))
 			ttl = uint32(a.ttl / int64(time.Second))
 		}
 	}
 	fresh := len(dst) == 0
 	if fresh {
-		size, wait = a.size(now, int64(ttl)*int64(time.Second), &p.ch.pace)
+		size, wait = a.size(now, int64(ttl)*int64(time.Second), p.ch.pace(key))
 		ttl, size = p.adapt(ttl, size, wait, a.found && a.ttl < p.ttlMin, now)
 	}
 	if len(dst) < k {
@@ -218,13 +218,13 @@ func (p *Pool) adapt(ttl uint32, size, wait float64, short bool, now int64) (uin
 }
 
 // sticky reports whether the asker's latest fresh choice is to be repeated.
-func (p *Pool) sticky(a *asker, now int64) bool {
+func (p *Pool) sticky(a *asker, key uint64, now int64) bool {
 	if !a.found {
 		return false
 	}
 	w := int64(p.cfg.StickyWindow)
 	if a.ttl == 0 && a.wait > 0 {
-		w = min(w, int64(stickyZeroTTL*a.wait/math.Exp(p.ch.pace.load())))
+		w = min(w, int64(stickyZeroTTL*a.wait/math.Exp(p.ch.pace(key).load())))
 	}
 	return now-a.at < w
 }
@@ -471,15 +471,15 @@ func (p *Pool) chooseShard(dst []int, fam Family, key uint64, now int64, r *rng,
 		var a asker
 		var wait float64
 		p.ch.askers.load(key, now, int64(p.cfg.TTL), &a)
-		if p.sticky(&a, now) {
+		if p.sticky(&a, key, now) {
 			if s, ok := p.shardByID[a.ids[0]]; ok && p.shards[s].eligible && len(p.shards[s].lbs[fam]) > 0 {
 				si = s
-				size = a.sizeAgain(&p.ch.pace)
+				size = a.sizeAgain(p.ch.pace(key))
 				ttl = uint32(a.ttl / int64(time.Second))
 			}
 		}
 		if si < 0 {
-			size, wait = a.size(now, int64(ttl)*int64(time.Second), &p.ch.pace)
+			size, wait = a.size(now, int64(ttl)*int64(time.Second), p.ch.pace(key))
 			ttl, size = p.adapt(ttl, size, wait, a.found && a.ttl < p.ttlMin, now)
 			si = p.pickShard(list, r, now, false)
 			if !a.slotBusy {

@@ -61,6 +61,21 @@ type targetState struct {
 	shard        int32 // shards mode: the shard whose counter base1 refers to
 }
 
+// paceShards spreads a chain's pace over this many cache lines, by asker:
+// each fresh answer to a known asker updates the pace, and one shared line
+// would bounce between every core answering. A shard is the pace of the
+// askers that hash to it; in a failure wave every resolver's wait shrinks
+// at once, so each shard sees it as the whole would.
+const paceShards = 16
+
+type paceShard struct {
+	pace
+	_ [56]byte // a cache line of its own
+}
+
+// pace returns the pace of key's askers.
+func (c *chain) pace(key uint64) *pace { return &c.paces[(mix(key)>>32)%paceShards].pace }
+
 // shardState is the part of a shard that outlives one Pool.
 type shardState struct {
 	answers atomic.Uint64 // clients expected from its answers, in 1/ledgerUnit
@@ -74,7 +89,7 @@ type chain struct {
 	mode      Mode
 	nextID    uint32
 	askers    *askerTable
-	pace      pace
+	paces     [paceShards]paceShard
 	rr        atomic.Uint64 // round-robin position (nodes mode)
 	learn     learner
 	lastBuild int64
