@@ -287,7 +287,7 @@ func prepareTargets(st *State, z *zones.Zone, name string) (preparedAnswer, bool
 			return preparedAnswer{}, false
 		}
 	}
-	return preparedAnswer{zone: z.Origin, kind: poolTargets, pool: res.Pool, dynamic: true}, true
+	return preparedAnswer{zone: z.Origin, kind: poolTargets, pool: res.Pool}, true
 }
 
 // skipNamePtr returns where the name at off in msg ends, and where its
@@ -501,7 +501,9 @@ func findPrepared(p *prepared, q fastQuery) *preparedAnswer {
 	if found {
 		return other
 	}
-	if q.qtype == dns.TypeA || q.qtype == dns.TypeAAAA {
+	// A name below a pool's target names is one of them, unless the zone
+	// holds it after all (another binding): names says which, if complete.
+	if p.complete && (q.qtype == dns.TypeA || q.qtype == dns.TypeAAAA) {
 		if a := targetsAbove(p, q.key); a != nil {
 			return a
 		}
@@ -682,8 +684,10 @@ func (c *choice) appendSRV(out []byte) []byte {
 		out = append(out, label...)
 		out = append(out, names.under...)
 	}
-	for k, i := range c.picked {
-		out = appendAddressRR(out, at[k], c.ttl, records[i].Address)
+	for _, i := range c.picked {
+		// miekg/dns points to a name where it first wrote it: a target
+		// picked twice (if a policy ever did) is named there.
+		out = appendAddressRR(out, at[slices.Index(c.picked, i)], c.ttl, records[i].Address)
 	}
 	return out
 }

@@ -466,3 +466,38 @@ func TestFastPathNegative(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendSRVPacksAsMiekg: the SRV records and addresses fastSRV writes
+// are what miekg/dns packs for answerSRV's message, for any picks, a target
+// picked twice included, IPv6 targets and hashed labels among them.
+func TestAppendSRVPacksAsMiekg(t *testing.T) {
+	services, _ := hashedServices()
+	h := srvHandler(t, 3, services["ws"])
+	p := h.state.Load().pools[0].cur.Load()
+	for _, picked := range [][]int{{0}, {4, 5, 6, 7}, {6, 0, 6}, {7, 7}} {
+		for _, qname := range []string{"_ws._tcp.farm.example.", "_WS._Tcp.FARM.example."} {
+			c := choice{picked: picked, ttl: 9, pool: p}
+			q := query(qname, dns.TypeSRV, noEDNS)
+			r := reply(q)
+			r.Authoritative = true
+			for _, i := range picked {
+				r.Answer = append(r.Answer, &dns.SRV{
+					Hdr:    dns.RR_Header{Name: qname, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: c.ttl},
+					Weight: p.Weight(i, time.Now().UnixNano()), Port: p.Records()[i].Port, Target: p.targets.names[i],
+				})
+				r.Extra = append(r.Extra, c.addressRR(p.targets.names[i], i))
+			}
+			want := mustPack(t, r)
+			var key [255]byte
+			fq, ok := parseFast(mustPack(t, q), &key)
+			if !ok {
+				t.Fatal("query not parsed")
+			}
+			n := uint16(len(picked))
+			got := c.appendSRV(appendHeader(nil, mustPack(t, q), fq, 1<<10, n, 0, n))
+			if string(got) != string(want) {
+				t.Errorf("%s %v:\nfast %x\nslow %x", qname, picked, got, want)
+			}
+		}
+	}
+}
