@@ -119,13 +119,14 @@ func TestECSScope(t *testing.T) {
 		{"farm.example.", dns.TypeAAAA, v6(48, 0x20, 1, 0xd, 0xb8, 0, 0), 48, true},
 		{"farm.example.", dns.TypeA, v6(56, 0x20, 1, 0xd, 0xb8, 0, 0, 0), 56, true}, // an IPv6 client asks for A
 		{"lb.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 24, true},
-		{"_ws._tcp.farm.example.", dns.TypeSRV, v4(24, 10, 1, 2), 24, false},
+		{"_ws._tcp.farm.example.", dns.TypeSRV, v4(24, 10, 1, 2), 24, true},
 		{"www.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 24, false}, // a chain into the pool
 		{"farm.example.", dns.TypeMX, v4(24, 10, 1, 2), 0, true},      // static beside the pool
 		{"mail.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, true},
-		{"n1.nodes.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false},
-		{"nothere.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, true}, // a prepared NXDOMAIN
-		{"elsewhere.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false},   // REFUSED
+		{"n1.nodes.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, true},     // a target's name: not chosen
+		{"n1.nodes.farm.example.", dns.TypeAAAA, v4(24, 10, 1, 2), 0, false}, // NODATA
+		{"nothere.farm.example.", dns.TypeA, v4(24, 10, 1, 2), 0, true},      // a prepared NXDOMAIN
+		{"elsewhere.example.", dns.TypeA, v4(24, 10, 1, 2), 0, false},        // REFUSED
 		{"_status.farm.example.", dns.TypeTXT, v4(24, 10, 1, 2), 0, false},
 	} {
 		for _, fast := range []bool{true, false} {

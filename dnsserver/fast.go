@@ -3,6 +3,7 @@ package dnsserver
 import (
 	"encoding/binary"
 	"slices"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -33,9 +34,10 @@ type prepared struct {
 // CNAME, a wildcard, a delegation, a DNAME or a pool binding on the way
 // leaves those queries to the slow path.
 const (
-	exact     = iota // the reply to its own type
-	otherType        // NODATA for any plainType type not listed at the name
-	nxBelow          // NXDOMAIN for names below this one that do not exist
+	exact       = iota // the reply to its own type
+	otherType          // NODATA for any plainType type not listed at the name
+	nxBelow            // NXDOMAIN for names below this one that do not exist
+	poolTargets        // the names below are a pool's SRV targets (see fastTarget)
 )
 
 // plainType reports whether a qtype is answered like any type a name does not
@@ -105,6 +107,9 @@ func prepare(st *State) *prepared {
 				return
 			}
 			qtypes := append(slices.Clone(types), extraTypes...)
+			if srvPool(st, z, name) {
+				qtypes = append(qtypes, dns.TypeSRV) // dynamic: see fastSRV
+			}
 			slices.Sort(qtypes)
 			var answers []preparedAnswer
 			for _, qt := range slices.Compact(qtypes) {
@@ -124,6 +129,9 @@ func prepare(st *State) *prepared {
 				}
 			}
 			if a, ok := prepareNX(st, z, buf, name); ok {
+				answers = append(answers, a)
+			}
+			if a, ok := prepareTargets(st, z, name); ok {
 				answers = append(answers, a)
 			}
 			p.names[string(key[:n])] = answers
@@ -244,6 +252,42 @@ func prepareNX(st *State, z *zones.Zone, buf []byte, name string) (preparedAnswe
 		probeLen: probeLen,
 		ptrs:     ptrs,
 	}, true
+}
+
+// srvPool reports whether name's SRV records come from a pool, as answerSRV
+// answers them: no chain on the way, not a name of the pool's own SRV
+// targets (whose spelling the reply's compression would then depend on),
+// and target names that need no escapes.
+func srvPool(st *State, z *zones.Zone, name string) bool {
+	res := z.Lookup(name, dns.TypeSRV)
+	if res.Outcome != zones.Dynamic || len(res.Answer) != 0 || res.Label != "" || res.Pool >= len(st.pools) {
+		return false
+	}
+	_, targets := SRVNames(st.pools[res.Pool].spec.Service, st.pools[res.Pool].spec.Name)
+	var wire [256]byte
+	l, err := dns.PackDomainName(targets, wire[:], 0, nil, false)
+	// fastSRV writes the targets' names from targetNames.under.
+	return err == nil && l == len(targets)+1 && !dns.IsSubDomain(targets, name)
+}
+
+// prepareTargets marks name as the one the SRV target names of a pool are
+// under, if the slow path answers every name one label below it from the
+// pool (answerSRVTarget): no chain, no DNAME, and no zone of its own below.
+func prepareTargets(st *State, z *zones.Zone, name string) (preparedAnswer, bool) {
+	probe := nxProbeLabel + "." + name
+	if len(probe) > 254 || st.Zones.Find(probe) != z {
+		return preparedAnswer{}, false
+	}
+	res := z.Lookup(probe, dns.TypeA)
+	if res.Outcome != zones.Dynamic || res.Label != nxProbeLabel || len(res.Answer) != 0 || res.Pool >= len(st.pools) {
+		return preparedAnswer{}, false
+	}
+	for _, other := range st.Zones.Zones() {
+		if other.Origin != name && dns.IsSubDomain(name, other.Origin) {
+			return preparedAnswer{}, false
+		}
+	}
+	return preparedAnswer{zone: z.Origin, kind: poolTargets, pool: res.Pool}, true
 }
 
 // skipNamePtr returns where the name at off in msg ends, and where its
@@ -397,7 +441,14 @@ func fastAnswer(st *State, buf []byte, req request) (out []byte, info replyInfo,
 		}
 	}
 	limit := min(len(buf), fastLimit(q, req.tcp, st.Options.MaxUDPSize))
-	if a.dynamic {
+	switch {
+	case a.kind == poolTargets:
+		out, ok = fastTarget(st, buf, req, q, a, limit-optLen)
+		return out, info, ok
+	case a.dynamic && q.qtype == dns.TypeSRV:
+		out, info.rcode, ok = fastSRV(st, buf, req, q, a, limit-optLen)
+		return out, info, ok
+	case a.dynamic:
 		out, info.rcode, ok = fastPool(st, buf, req, q, a, limit-optLen)
 		return out, info, ok
 	}
@@ -450,6 +501,13 @@ func findPrepared(p *prepared, q fastQuery) *preparedAnswer {
 	if found {
 		return other
 	}
+	// A name below a pool's target names is one of them, unless the zone
+	// holds it after all (another binding): names says which, if complete.
+	if p.complete && (q.qtype == dns.TypeA || q.qtype == dns.TypeAAAA) {
+		if a := targetsAbove(p, q.key); a != nil {
+			return a
+		}
+	}
 	if !p.complete || isStatusName(q.key) {
 		return nil
 	}
@@ -466,6 +524,21 @@ func findPrepared(p *prepared, q fastQuery) *preparedAnswer {
 			}
 		}
 		return nil
+	}
+	return nil
+}
+
+// targetsAbove returns the poolTargets mark of the name one label above key,
+// if it has one.
+func targetsAbove(p *prepared, key []byte) *preparedAnswer {
+	if key[0] == 0 {
+		return nil
+	}
+	answers := p.names[string(key[1+int(key[0]):])]
+	for i := range answers {
+		if answers[i].kind == poolTargets {
+			return &answers[i]
+		}
 	}
 	return nil
 }
@@ -517,6 +590,106 @@ func fastPool(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer
 		out = appendOPT(out, st, q, ecs)
 	}
 	return out, rcode, true
+}
+
+// fastTarget answers an SRV target's name, <label>.nodes.<pool name>, with
+// the target's address, as answerSRVTarget does. A name of no target, or a
+// question for the other family's type, is left to the slow path (NXDOMAIN,
+// NODATA). Nothing is chosen, so nothing is counted in the ledger.
+func fastTarget(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer, room int) ([]byte, bool) {
+	p := st.pools[a.pool].cur.Load()
+	if p == nil {
+		return nil, false
+	}
+	// Labels are made of lower case letters, digits and hyphens: a label
+	// that matches one is spelt the same in the slow path's Result.Label.
+	i, found := p.targets.byLabel[string(q.key[1:1+q.key[0]])]
+	if !found {
+		return nil, false
+	}
+	addr := p.Records()[i].Address
+	if !addr.IsValid() || (q.qtype == dns.TypeAAAA) != addr.Is6() || q.qEnd+addressRRLen(q.qtype) > room {
+		return nil, false
+	}
+	out := appendHeader(buf[:0], req.wire, q, 1<<10, 1, 0, 0)
+	out = appendAddressRR(out, headerLen, uint32(p.Config().TTL/time.Second), addr)
+	if q.edns {
+		out = appendOPT(out, st, q, q.ecs) // scope 0: the same answer for every client
+	}
+	return out, true
+}
+
+// fastSRV answers a pool's SRV name as answerSRV does, with as many records
+// as fit in room octets, and returns the reply and its rcode. As in
+// fastPool, everything that can make it fall back to the slow path is
+// checked before the pool is asked.
+//
+// The reply is the one miekg/dns packs for the slow path: each SRV record
+// owned by a pointer to the question, its target written whole (RFC 2782),
+// then the targets' addresses, each owned by a pointer to its target's name
+// in the SRV record (the first place miekg/dns saw that name).
+func fastSRV(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer, room int) ([]byte, int, bool) {
+	slot := st.pools[a.pool]
+	fit := policy.MaxAnswers
+	if p := slot.cur.Load(); p != nil && p.targets.maxPair > 0 {
+		fit = min(fit, (room-q.qEnd)/p.targets.maxPair)
+	}
+	if fit < 1 || q.qEnd+len(a.body) > room {
+		return nil, 0, false // TC, or a NODATA that does not fit: the slow path's
+	}
+	var dst [policy.MaxAnswers]int
+	c := choose(slot, dst[:0:fit], dns.TypeSRV, asker(req.remote, q.ecs))
+	var out []byte
+	rcode := dns.RcodeSuccess
+	ecs := q.ecs
+	switch c.outcome {
+	case policy.OutcomeNoData:
+		out = appendHeader(buf[:0], req.wire, q, a.flags, a.an, a.ns, a.ar)
+		out = append(out, a.body...)
+	case policy.OutcomeServFail:
+		rcode = dns.RcodeServerFailure
+		out = appendHeader(buf[:0], req.wire, q, uint16(rcode), 0, 0, 0)
+	default:
+		n := uint16(len(c.picked))
+		out = appendHeader(buf[:0], req.wire, q, 1<<10, n, 0, n)
+		out = c.appendSRV(out)
+		if n > 0 {
+			ecs = ecs.dependent() // see answerIn
+		}
+	}
+	if q.edns {
+		out = appendOPT(out, st, q, ecs)
+	}
+	return out, rcode, true
+}
+
+// appendSRV appends the SRV records of a choice and then their targets'
+// addresses, in wire form, for fastSRV.
+func (c *choice) appendSRV(out []byte) []byte {
+	var at [policy.MaxAnswers]int // where each target's name is
+	records, names := c.pool.Records(), c.pool.targets
+	now := time.Now().UnixNano()
+	for k, i := range c.picked {
+		label := names.names[i][:len(names.names[i])-len(names.suffix)]
+		out = append(out, 0xC0, headerLen)
+		out = binary.BigEndian.AppendUint16(out, dns.TypeSRV)
+		out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+		out = binary.BigEndian.AppendUint32(out, c.ttl)
+		out = binary.BigEndian.AppendUint16(out, uint16(6+1+len(label)+len(names.under)))
+		out = binary.BigEndian.AppendUint16(out, 0) // priority
+		out = binary.BigEndian.AppendUint16(out, c.pool.Weight(i, now))
+		out = binary.BigEndian.AppendUint16(out, records[i].Port)
+		at[k] = len(out)
+		out = append(out, byte(len(label)))
+		out = append(out, label...)
+		out = append(out, names.under...)
+	}
+	for _, i := range c.picked {
+		// miekg/dns points to a name where it first wrote it: a target
+		// picked twice (if a policy ever did) is named there.
+		out = appendAddressRR(out, at[slices.Index(c.picked, i)], c.ttl, records[i].Address)
+	}
+	return out
 }
 
 // appendOPT appends our OPT record, as responseOPT builds it for the slow

@@ -182,7 +182,8 @@ func farm(t testing.TB, opts Options, edit func(*policy.Config), services map[st
 		zones.Binding{Name: "@", Types: ab, Pool: 0}, zones.Binding{Name: "lb", Types: ab, Pool: 1},
 		zones.Binding{Name: "_ws._tcp", Types: []uint16{dns.TypeSRV}, Pool: 0},
 		zones.Binding{Name: "nodes", Children: true, Pool: 0},
-		zones.Binding{Name: longPool, Types: ab, Pool: 0})
+		zones.Binding{Name: longPool, Types: ab, Pool: 0},
+		zones.Binding{Name: longSRV, Types: []uint16{dns.TypeSRV}, Pool: 0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +233,26 @@ var (
 	longPool    = strings.Repeat("x", 63) + "." + strings.Repeat("y", 63) + "." + strings.Repeat("z", 63) + "." + strings.Repeat("w", 45) + ".farm.example."
 	longChain   = strings.Repeat("s", 20) + ".farm.example."
 	longerChain = strings.Repeat("q", 63) + "." + strings.Repeat("r", 20) + ".farm.example."
+	// An SRV name of 216 octets: in 512 octets, with an NSID, one SRV
+	// record and its address fit, not the three asked for.
+	longSRV = "_ws._tcp." + strings.Repeat("v", 63) + "." + strings.Repeat("u", 63) + "." + strings.Repeat("t", 63) + ".farm.example."
 )
+
+// hashedServices is farmServices with targets whose SRV target names are
+// hashed labels (see targetLabel): a node name that is no host name, and a
+// node running two targets of the pool.
+func hashedServices() (services map[string][]health.Target, names []string) {
+	services = farmServices()
+	oddName := target("Web_1", "192.0.2.31", 100, map[string]string{"shard": "a"})
+	shared1 := target("n7", "192.0.2.37", 100, map[string]string{"shard": "b"})
+	shared2 := target("n7", "2001:db8::37", 100, map[string]string{"shard": "b"})
+	shared1.ServiceID, shared2.ServiceID = "ws-7a", "ws-7b"
+	services["ws"] = append(services["ws"], oddName, shared1, shared2)
+	for _, t := range []health.Target{oddName, shared1, shared2} {
+		names = append(names, targetLabel(t.Node, t.ServiceID, t.Node == "n7")+".nodes.farm.example.")
+	}
+	return services, names
+}
 
 // TestFastPathEqualsSlowPathPools sends pool questions (addresses, shards,
 // SRV, the SRV targets' names, _status, chains into pools, static records
@@ -242,7 +262,8 @@ var (
 // alone, and every asker is new, so the replies must be the same to the
 // octet: records, their order, TTLs, counts, flags, OPT.
 func TestFastPathEqualsSlowPathPools(t *testing.T) {
-	critical := farmServices()
+	services, hashed := hashedServices()
+	critical, _ := hashedServices()
 	for i := range critical["ws"] {
 		critical["ws"][i].Health = health.HealthCritical
 		critical["ws"][i].Load.Connections = int64(100 + 10*i) // fail-open ranks them, without ties
@@ -250,7 +271,9 @@ func TestFastPathEqualsSlowPathPools(t *testing.T) {
 	names := []string{"farm.example.", "FaRm.Example.", "lb.farm.example.", "_ws._tcp.farm.example.", "_WS._tcp.farm.example.",
 		"n1.nodes.farm.example.", "N6.nodes.farm.example.", "n9.nodes.farm.example.", "x.n1.nodes.farm.example.", "nodes.farm.example.",
 		"_status.farm.example.", "_STATUS.farm.example.", "www.farm.example.", "chain.farm.example.", "mail.farm.example.",
-		"nothere.farm.example.", longPool, longChain, longerChain}
+		"nothere.farm.example.", longPool, longChain, longerChain, longSRV, strings.ToUpper(longSRV)}
+	names = append(names, hashed...)
+	names = append(names, strings.ToUpper(hashed[0]), strings.ToUpper(hashed[2]), "x"+hashed[0])
 	types := []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeSRV, dns.TypeTXT, dns.TypeMX, dns.TypeANY, dns.TypeSOA, dns.TypeNS}
 	variants := map[string]func(*dns.Msg){
 		"edns": func(*dns.Msg) {}, "noedns": noEDNS, "do": withDO, "rd": withRD, "nsid": withOption(optionVariants()["nsid"]),
@@ -282,8 +305,8 @@ func TestFastPathEqualsSlowPathPools(t *testing.T) {
 		services map[string][]health.Target
 		ecsOff   bool
 	}{
-		{"answers", policy.EmptyFailOpen, farmServices(), false},
-		{"answers, ecs off", policy.EmptyFailOpen, farmServices(), true},
+		{"answers", policy.EmptyFailOpen, services, false},
+		{"answers, ecs off", policy.EmptyFailOpen, services, true},
 		{"fail-open", policy.EmptyFailOpen, critical, false},
 		{"nodata", policy.EmptyNoData, critical, false},
 		{"servfail", policy.EmptyServFail, critical, false},
@@ -297,6 +320,9 @@ func TestFastPathEqualsSlowPathPools(t *testing.T) {
 			opts := Options{NSID: strings.Repeat("n", MaxNSID), ECS: !c.ecsOff}
 			fast, slow := farm(t, opts, edit, c.services, true), farm(t, opts, edit, c.services, false)
 			i, fastPool, fastECS := 0, 0, 0
+			// Fast SRV answers (with records, and with fewer records than
+			// asked for), and fast answers for target names (hashed ones).
+			fastSRV, fastFewer, fastSRVECS, fastTarget, fastHashed := 0, 0, 0, 0, 0
 			for _, name := range names {
 				for _, qt := range types {
 					for _, vname := range slices.Concat(slices.Collect(maps.Keys(variants)), slices.Collect(maps.Keys(ecsVariants))) {
@@ -312,10 +338,37 @@ func TestFastPathEqualsSlowPathPools(t *testing.T) {
 								remote = netip.AddrFrom4([4]byte{198, byte(i >> 8), byte(i), 1})
 							}
 							wire := mustPack(t, query(name, qt, v))
-							f, fi := respondMsg(t, fast, wire, tcp, remote)
-							s, _ := respondMsg(t, slow, wire, tcp, remote)
+							fw, fi := respondWire(t, fast, wire, tcp, remote)
+							sw, _ := respondWire(t, slow, wire, tcp, remote)
+							f, s := unpack(t, fw), unpack(t, sw)
 							if fs, ss := strings.ToLower(f.String()), strings.ToLower(s.String()); fs != ss {
 								t.Fatalf("%s %s %s tcp=%v from %v:\nfast:\n%s\nslow:\n%s", name, dns.Type(qt), vname, tcp, remote, fs, ss)
+							}
+							srvName := strings.HasPrefix(strings.ToLower(name), "_ws._tcp.")
+							targetName := strings.Contains(strings.ToLower(name), ".nodes.")
+							// The SRV and target answers are the same to the
+							// octet, in any case; their NODATA too, in lower
+							// case (see TestFastPathNegative).
+							octets := len(f.Answer) > 0 || name == strings.ToLower(name)
+							if (srvName && qt == dns.TypeSRV || targetName) && octets && string(fw) != string(sw) {
+								t.Fatalf("%s %s %s tcp=%v: same message, other octets:\nfast %x\nslow %x", name, dns.Type(qt), vname, tcp, fw, sw)
+							}
+							if fi.fast && len(f.Answer) > 0 {
+								switch {
+								case srvName && qt == dns.TypeSRV:
+									fastSRV++
+									if len(f.Answer) < 3 {
+										fastFewer++
+									}
+									if e := replyECS(t, f); e != nil && e.SourceScope > 0 {
+										fastSRVECS++
+									}
+								case targetName:
+									fastTarget++
+									if slices.Contains(hashed, strings.ToLower(name)) {
+										fastHashed++
+									}
+								}
 							}
 							if fi.fast && len(addrs(f)) > 0 {
 								fastPool++
@@ -330,7 +383,12 @@ func TestFastPathEqualsSlowPathPools(t *testing.T) {
 			if c.name == "answers" && (fastPool == 0 || fastECS == 0) {
 				t.Errorf("%d pool answers came from the fast path, %d with an ECS scope", fastPool, fastECS)
 			}
-			t.Logf("%d questions, %d pool answers from the fast path, %d with an ECS scope", i, fastPool, fastECS)
+			if c.name == "answers" && (fastSRV == 0 || fastFewer == 0 || fastSRVECS == 0 || fastTarget == 0 || fastHashed == 0) {
+				t.Errorf("from the fast path: %d SRV answers (%d with fewer records, %d with an ECS scope), %d target names (%d hashed)",
+					fastSRV, fastFewer, fastSRVECS, fastTarget, fastHashed)
+			}
+			t.Logf("%d questions, %d pool answers from the fast path, %d with an ECS scope; %d SRV (%d fewer, %d ECS), %d target (%d hashed)",
+				i, fastPool, fastECS, fastSRV, fastFewer, fastSRVECS, fastTarget, fastHashed)
 		})
 	}
 }
@@ -339,13 +397,24 @@ func TestFastPathEqualsSlowPathPools(t *testing.T) {
 // handler says of it.
 func respondMsg(t *testing.T, h *Handler, wire []byte, tcp bool, remote netip.Addr) (*dns.Msg, replyInfo) {
 	t.Helper()
+	out, info := respondWire(t, h, wire, tcp, remote)
+	return unpack(t, out), info
+}
+
+// respondWire is respondMsg with the reply as sent.
+func respondWire(t *testing.T, h *Handler, wire []byte, tcp bool, remote netip.Addr) ([]byte, replyInfo) {
+	t.Helper()
 	var rec recorder
-	out, info := h.respond(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: remote})
+	return h.respond(&rec, make([]byte, 65535), request{wire: wire, tcp: tcp, remote: remote})
+}
+
+func unpack(t *testing.T, wire []byte) *dns.Msg {
+	t.Helper()
 	r := new(dns.Msg)
-	if err := r.Unpack(out); err != nil {
+	if err := r.Unpack(wire); err != nil {
 		t.Fatalf("reply does not parse: %v", err)
 	}
-	return r, info
+	return r
 }
 
 // NXDOMAIN and NODATA replies are prepared like positive ones, for names of
@@ -393,6 +462,41 @@ func TestFastPathNegative(t *testing.T) {
 			if strings.ToLower(fm.String()) != strings.ToLower(sm.String()) ||
 				c.name == strings.ToLower(c.name) && string(f) != string(s) {
 				t.Errorf("%s %s: fast %x\nslow %x", c.name, dns.TypeToString[c.qtype], f, s)
+			}
+		}
+	}
+}
+
+// TestAppendSRVPacksAsMiekg: the SRV records and addresses fastSRV writes
+// are what miekg/dns packs for answerSRV's message, for any picks, a target
+// picked twice included, IPv6 targets and hashed labels among them.
+func TestAppendSRVPacksAsMiekg(t *testing.T) {
+	services, _ := hashedServices()
+	h := srvHandler(t, 3, services["ws"])
+	p := h.state.Load().pools[0].cur.Load()
+	for _, picked := range [][]int{{0}, {4, 5, 6, 7}, {6, 0, 6}, {7, 7}} {
+		for _, qname := range []string{"_ws._tcp.farm.example.", "_WS._Tcp.FARM.example."} {
+			c := choice{picked: picked, ttl: 9, pool: p}
+			q := query(qname, dns.TypeSRV, noEDNS)
+			r := reply(q)
+			r.Authoritative = true
+			for _, i := range picked {
+				r.Answer = append(r.Answer, &dns.SRV{
+					Hdr:    dns.RR_Header{Name: qname, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: c.ttl},
+					Weight: p.Weight(i, time.Now().UnixNano()), Port: p.Records()[i].Port, Target: p.targets.names[i],
+				})
+				r.Extra = append(r.Extra, c.addressRR(p.targets.names[i], i))
+			}
+			want := mustPack(t, r)
+			var key [255]byte
+			fq, ok := parseFast(mustPack(t, q), &key)
+			if !ok {
+				t.Fatal("query not parsed")
+			}
+			n := uint16(len(picked))
+			got := c.appendSRV(appendHeader(nil, mustPack(t, q), fq, 1<<10, n, 0, n))
+			if string(got) != string(want) {
+				t.Errorf("%s %v:\nfast %x\nslow %x", qname, picked, got, want)
 			}
 		}
 	}

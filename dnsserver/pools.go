@@ -206,24 +206,29 @@ func (c *choice) appendAddressRecords(out []byte, n int) ([]byte, int) {
 		if written == n {
 			break
 		}
-		addr := records[i].Address
-		t, l := dns.TypeA, 4
-		if addr.Is6() {
-			t, l = dns.TypeAAAA, 16
-		}
-		out = append(out, 0xC0, headerLen)
-		out = binary.BigEndian.AppendUint16(out, t)
-		out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
-		out = binary.BigEndian.AppendUint32(out, c.ttl)
-		out = binary.BigEndian.AppendUint16(out, uint16(l))
-		if addr.Is4() {
-			a := addr.As4()
-			out = append(out, a[:]...)
-		} else {
-			a := addr.As16()
-			out = append(out, a[:]...)
-		}
+		out = appendAddressRR(out, headerLen, c.ttl, records[i].Address)
 		written++
 	}
 	return out, written
+}
+
+// appendAddressRR appends, in wire form, the A record of an IPv4 address or
+// the AAAA record of any other, as addressRR makes them, owned by a pointer
+// to the name at offset owner.
+func appendAddressRR(out []byte, owner int, ttl uint32, addr netip.Addr) []byte {
+	t, l := dns.TypeAAAA, 16
+	if addr.Is4() {
+		t, l = dns.TypeA, 4
+	}
+	out = binary.BigEndian.AppendUint16(out, 0xC000|uint16(owner))
+	out = binary.BigEndian.AppendUint16(out, t)
+	out = binary.BigEndian.AppendUint16(out, dns.ClassINET)
+	out = binary.BigEndian.AppendUint32(out, ttl)
+	out = binary.BigEndian.AppendUint16(out, uint16(l))
+	if addr.Is4() {
+		a := addr.As4()
+		return append(out, a[:]...)
+	}
+	a := addr.As16()
+	return append(out, a[:]...)
 }

@@ -113,6 +113,7 @@ func hashedLabel(name string) bool {
 // query costs no more with 50,000 targets than with 5.
 type targetNames struct {
 	suffix  string           // "." + the name the labels are under
+	under   []byte           // that name in wire form, for the fast path; nil if it needs escapes
 	names   []string         // by record index: label + suffix
 	byLabel map[string]int32 // record index by label
 	// maxPair bounds the octets one SRV record and its address take in a
@@ -144,6 +145,10 @@ func newTargetNames(records []health.Target, targets string, prev *targetNames, 
 		perNode[t.Node]++
 	}
 	n := &targetNames{suffix: suffix, names: make([]string, len(records)), byLabel: make(map[string]int32, len(records))}
+	var wire [256]byte
+	if l, err := dns.PackDomainName(targets, wire[:], 0, nil, false); err == nil && l == len(targets)+1 {
+		n.under = slices.Clone(wire[:l])
+	}
 	for i, t := range records {
 		label := targetLabel(t.Node, t.ServiceID, perNode[t.Node] > 1)
 		n.names[i] = label + suffix
