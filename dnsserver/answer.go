@@ -86,9 +86,9 @@ func answerIn(st *State, q *dns.Msg, req request) (*dns.Msg, int) {
 		case res.Label != "":
 			answerSRVTarget(r, st, z, res, question.Qtype)
 		case question.Qtype == dns.TypeSRV:
-			dynamic = answerSRV(r, st, z, res, asker(req.remote, ecs), room(q, r, opt, ecs, req.tcp, st))
+			dynamic = answerSRV(r, st, z, res, asker(req.remote, ecs), req.shard, room(q, r, opt, ecs, req.tcp, st))
 		default:
-			dynamic = answerPool(r, st, z, res, question.Qtype, asker(req.remote, ecs), room(q, r, opt, ecs, req.tcp, st))
+			dynamic = answerPool(r, st, z, res, question.Qtype, asker(req.remote, ecs), req.shard, room(q, r, opt, ecs, req.tcp, st))
 		}
 	}
 	if dynamic > 0 {
@@ -103,7 +103,7 @@ func answerIn(st *State, q *dns.Msg, req request) (*dns.Msg, int) {
 // as many as fit in room octets, and returns how many it added. The pool
 // is asked for no more: its ledger counts the records it chose, and must
 // count only those sent.
-func answerPool(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qtype uint16, who netip.Prefix, room int) int {
+func answerPool(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qtype uint16, who netip.Prefix, shard, room int) int {
 	owner := r.Question[0].Name
 	if n := len(res.Answer); n > 0 {
 		owner = res.Answer[n-1].(*dns.CNAME).Target // a chain led here
@@ -118,7 +118,7 @@ func answerPool(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, qtype ui
 		return 0
 	}
 	var dst [policy.MaxAnswers]int
-	c := choose(st.pools[res.Pool], dst[:0:fit], qtype, who)
+	c := choose(st.pools[res.Pool], dst[:0:fit], qtype, who, shard)
 	switch c.outcome {
 	case policy.OutcomeAnswer, policy.OutcomeFailOpen:
 		for _, i := range c.picked {

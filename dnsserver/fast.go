@@ -570,7 +570,7 @@ func fastPool(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer
 		return nil, 0, false
 	}
 	var dst [policy.MaxAnswers]int
-	c := choose(st.pools[a.pool], dst[:0:min(fit, policy.MaxAnswers)], q.qtype, asker(req.remote, q.ecs))
+	c := choose(st.pools[a.pool], dst[:0:min(fit, policy.MaxAnswers)], q.qtype, asker(req.remote, q.ecs), req.shard)
 	var out []byte
 	rcode := dns.RcodeSuccess
 	ecs := q.ecs
@@ -638,7 +638,7 @@ func fastSRV(st *State, buf []byte, req request, q fastQuery, a *preparedAnswer,
 		return nil, 0, false // TC, or a NODATA that does not fit: the slow path's
 	}
 	var dst [policy.MaxAnswers]int
-	c := choose(slot, dst[:0:fit], dns.TypeSRV, asker(req.remote, q.ecs))
+	c := choose(slot, dst[:0:fit], dns.TypeSRV, asker(req.remote, q.ecs), req.shard)
 	var out []byte
 	rcode := dns.RcodeSuccess
 	ecs := q.ecs

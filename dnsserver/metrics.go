@@ -316,8 +316,8 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	c.h.pools.mu.Unlock()
 	for _, s := range c.h.state.Load().pools {
 		name := s.spec.Name
-		for i := range s.outcomes {
-			ch <- prometheus.MustNewConstMetric(poolOutcomesDesc, prometheus.CounterValue, float64(s.outcomes[i].Load()), name, policy.Outcome(i).String())
+		for i := range s.outcomes[0].n {
+			ch <- prometheus.MustNewConstMetric(poolOutcomesDesc, prometheus.CounterValue, float64(s.outcome(policy.Outcome(i))), name, policy.Outcome(i).String())
 		}
 		if p := s.cur.Load(); p != nil {
 			for _, t := range p.Stats(now) {

@@ -35,7 +35,23 @@ type PoolSpec struct {
 type poolSlot struct {
 	spec     PoolSpec
 	cur      atomic.Pointer[servedPool]
-	outcomes [4]atomic.Uint64 // by policy.Outcome
+	outcomes []outcomeCounts // a shard per reader, like the query counters
+}
+
+// outcomeCounts counts one shard's answers by policy.Outcome, on a cache
+// line of its own: a shared one would bounce between the cores answering.
+type outcomeCounts struct {
+	n [4]atomic.Uint64
+	_ [32]byte
+}
+
+// outcome returns how many answers had outcome o, over every shard.
+func (s *poolSlot) outcome(o policy.Outcome) uint64 {
+	var n uint64
+	for i := range s.outcomes {
+		n += s.outcomes[i].n[o].Load()
+	}
+	return n
 }
 
 // servedPool is one build of a slot's pool with the names of its SRV
@@ -48,7 +64,7 @@ type servedPool struct {
 func newSlots(specs []PoolSpec) []*poolSlot {
 	slots := make([]*poolSlot, len(specs))
 	for i, s := range specs {
-		slots[i] = &poolSlot{spec: s}
+		slots[i] = &poolSlot{spec: s, outcomes: make([]outcomeCounts, counterShards())}
 	}
 	return slots
 }
@@ -77,8 +93,8 @@ func (p *pools) swap(state *atomic.Pointer[State], st *State, now time.Time) {
 	for _, s := range st.pools {
 		if o := old[s.spec.Name]; o != nil && o != s {
 			s.cur.Store(o.cur.Load())
-			for i := range s.outcomes {
-				s.outcomes[i].Store(o.outcomes[i].Load())
+			for i := range s.outcomes[0].n {
+				s.outcomes[0].n[i].Store(o.outcome(policy.Outcome(i)))
 			}
 		}
 		p.rebuild(s, now)
@@ -150,7 +166,7 @@ type choice struct {
 // choose asks the pool of slot for the records of one answer, at most
 // cap(dst) of them: the room the reply has (policy.MaxAnswers for all
 // the pool may give), so that the ledger counts only records sent.
-func choose(s *poolSlot, dst []int, qtype uint16, who netip.Prefix) choice {
+func choose(s *poolSlot, dst []int, qtype uint16, who netip.Prefix, shard int) choice {
 	fam := policy.IPv4
 	switch qtype {
 	case dns.TypeAAAA:
@@ -163,7 +179,7 @@ func choose(s *poolSlot, dst []int, qtype uint16, who netip.Prefix) choice {
 		return choice{outcome: policy.OutcomeNoData}
 	}
 	picked, ttl, out := p.ChooseN(dst, fam, clientKey(who, s.spec.Name), time.Now().UnixNano(), cap(dst))
-	s.outcomes[out].Add(1)
+	s.outcomes[shard%len(s.outcomes)].n[out].Add(1)
 	return choice{picked: picked, ttl: ttl, outcome: out, pool: p}
 }
 

@@ -302,6 +302,14 @@ farmdns_pool_targets{pool="lb.farm.example.",state="warning"} 1
 	if total != 10 {
 		t.Errorf("%v answers counted over the targets, want 10 (5 answers of 2)", total)
 	}
+	// Readers count outcomes in shards of their own; a scrape adds them up.
+	wire := mustPack(t, query("farm.example.", dns.TypeA))
+	for shard := range 7 {
+		h.serve(discard{}, make([]byte, 65535), request{wire: wire, remote: netip.MustParseAddr("198.51.100.1"), shard: shard})
+	}
+	if n := testutil.ToFloat64(constMetric(t, c, "farmdns_pool_outcomes_total", `outcome="answer",pool="farm.example."`)); n != 12 {
+		t.Errorf("farmdns_pool_outcomes_total{outcome=answer}: %v, want 12 (5 answers, then 7 from 7 reader shards)", n)
+	}
 	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", err, problems)
 	}

@@ -193,7 +193,7 @@ func (n *targetNames) find(label string) int {
 // answerSRV adds SRV records for the pool's choice, and their addresses, as
 // many as fit in room octets, and returns how many it added. The pool is
 // asked for no more: its ledger must count only the records sent.
-func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, who netip.Prefix, room int) int {
+func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, who netip.Prefix, shard, room int) int {
 	fit := policy.MaxAnswers
 	if p := st.pools[res.Pool].cur.Load(); p != nil && p.targets.maxPair > 0 {
 		fit = min(fit, room/p.targets.maxPair)
@@ -204,7 +204,7 @@ func answerSRV(r *dns.Msg, st *State, z *zones.Zone, res zones.Result, who netip
 		return 0
 	}
 	var dst [policy.MaxAnswers]int
-	c := choose(st.pools[res.Pool], dst[:0:fit], dns.TypeSRV, who)
+	c := choose(st.pools[res.Pool], dst[:0:fit], dns.TypeSRV, who, shard)
 	r.Authoritative = true
 	switch c.outcome {
 	case policy.OutcomeNoData:

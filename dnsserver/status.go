@@ -65,8 +65,8 @@ func (h *Handler) PoolsStatus(now time.Time) []PoolStatus {
 			Mode: cfg.Mode.String(), Policy: cfg.Policy.String(), Answers: cfg.Answers, TTL: int(cfg.TTL / time.Second),
 			Outcomes: map[string]uint64{},
 		}
-		for i := range s.outcomes {
-			ps.Outcomes[policy.Outcome(i).String()] = s.outcomes[i].Load()
+		for i := range s.outcomes[0].n {
+			ps.Outcomes[policy.Outcome(i).String()] = s.outcome(policy.Outcome(i))
 		}
 		byID := map[string]*health.Target{}
 		for _, svc := range []string{s.spec.Service, s.spec.LBService} {
