@@ -53,7 +53,7 @@ for _ in $(seq 100000); do echo "pool.bench.example A"; done >"$work/pool-querie
 for _ in $(seq 100000); do echo "host1.bench.example A"; done >"$work/static-queries"
 consul=$(.ci/consul.sh)
 port_consul=28500
-"$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port $port_consul -dns-port -1 -grpc-port -1 \
+"$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port $port_consul -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
   -serf-lan-port 28301 -serf-wan-port 28302 -server-port 28300 -data-dir "$work/consul" >"$work/consul.log" 2>&1 & pids+=($!); consul_pid=$!
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port_consul/v1/status/leader" | grep -q : && break; sleep 0.2; done
 for i in $(seq 1 20); do
