@@ -6,10 +6,11 @@
 # dnsperf on core 1; then QPS at saturation on 1 and 2 cores. The servers
 # take turns in each round; figures are medians with their range. Prints
 # markdown tables, the ones README's performance section quotes. Last, with
-# TARGETS50K=1 (the default; SATURATION=0 skips it too), farmdns alone on
-# core 0 holds a second pool of 50,000 targets with SRV records, and the
-# saturation table gains a row for it: its A, SRV and target names next to
-# the static name and the 20-node pool, all from that one process.
+# TARGETS50K=1, farmdns alone on core 0 holds a second pool of 50,000
+# targets with SRV records, and a third table compares its A, SRV and
+# target names with the static name and the 20-node pool, all from that one
+# process. Each part can be left out: RATES="" (no fixed rates),
+# SATURATION=0, TARGETS50K=0.
 #   RATES="20000 50000 80000" SATURATION=1 TARGETS50K=1 .ci/dnsperf.sh [seconds per run] [rounds]
 set -euo pipefail
 secs=${1:-10}
@@ -140,7 +141,7 @@ declare -A res
 record() { res[$1]="${res[$1]:-} $2"; }
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%s [%s-%s]", m, v[1], v[NR] }'; }
 
-rates=${RATES:-20000 50000 80000}
+rates=${RATES-20000 50000 80000}
 saturation=${SATURATION:-1} # 0: CPU per query only
 cores=1
 start 1
@@ -183,7 +184,6 @@ done
 # in a farmdns of its own (GOMAXPROCS=1 on core 0, Knot stopped) that holds
 # both pools, so that its static and 20-node figures are the baseline.
 targets50k=${TARGETS50K:-1}
-[ "$saturation" = 1 ] || targets50k=0
 big=50000
 if [ "$targets50k" = 1 ]; then
   kill "$farm_pid" "$knot_pid" && wait "$farm_pid" "$knot_pid" 2>/dev/null || true
@@ -236,8 +236,9 @@ CONF
   for r in $(seq "$rounds"); do
     for s in static pool big-a big-srv big-names; do
       read -r qps us lost < <(run farmdns "$s-queries")
-      echo "round $r, saturation on 1 core beside $big targets, $s: $qps qps, lost $lost" >&2
+      echo "round $r, saturation on 1 core beside $big targets, $s: $qps qps, $us µs CPU per query, lost $lost" >&2
       record "qps 50k $s" "$qps"
+      record "cpu 50k $s" "$us"
     done
   done
 fi
@@ -245,26 +246,36 @@ fi
 ratio() { awk -v a="$(median "${res[$1]}" | cut -d' ' -f1)" -v b="$(median "${res[$2]}" | cut -d' ' -f1)" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "farmdns against Knot $(knotd -V 2>/dev/null | awk '{ print $NF }'), $rounds rounds of ${secs}s, median [min-max]; load average before: $load"
-echo
-echo "| CPU per query (µs), one core each | farmdns (90/5/5 mix) | Knot (same mix) | knot/farmdns | farmdns pool name |"
-echo "|---|---|---|---|---|"
-for rate in $rates; do
-  echo "| at $rate qps | $(median "${res[cpu $rate farmdns]}") | $(median "${res[cpu $rate knot]}") | $(ratio "cpu $rate knot" "cpu $rate farmdns") | $(median "${res[cpu $rate farmdns-pool]}") |"
-done
-[ "$saturation" = 1 ] || exit 0
-echo
-wide="" rule=""
-[ "$targets50k" = 1 ] && wide=" 50,000-target pool: A | its SRV | its target names | A / SRV / names over static |" rule="---|---|---|---|"
-echo "| QPS at saturation | farmdns (mix) | Knot (mix) | farmdns/knot | farmdns static name | farmdns pool name (20 targets) | pool/static |$wide"
-echo "|---|---|---|---|---|---|---|$rule"
-for c in 1 2; do
-  echo "| $c core$([ $c = 1 ] || echo s) | $(median "${res[qps $c farmdns]}") | $(median "${res[qps $c knot]}") | $(ratio "qps $c farmdns" "qps $c knot") | $(median "${res[qps $c farmdns-static]}") | $(median "${res[qps $c farmdns-pool]}") | $(ratio "qps $c farmdns-pool" "qps $c farmdns-static") |${wide:+ — | — | — | — |}"
-done
+if [ -n "$rates" ]; then
+  echo
+  echo "| CPU per query (µs), one core each | farmdns (90/5/5 mix) | Knot (same mix) | knot/farmdns | farmdns pool name |"
+  echo "|---|---|---|---|---|"
+  for rate in $rates; do
+    echo "| at $rate qps | $(median "${res[cpu $rate farmdns]}") | $(median "${res[cpu $rate knot]}") | $(ratio "cpu $rate knot" "cpu $rate farmdns") | $(median "${res[cpu $rate farmdns-pool]}") |"
+  done
+fi
+if [ "$saturation" = 1 ]; then
+  echo
+  echo "| QPS at saturation | farmdns (mix) | Knot (mix) | farmdns/knot | farmdns static name | farmdns pool name | pool/static |"
+  echo "|---|---|---|---|---|---|---|"
+  for c in 1 2; do
+    echo "| $c core$([ $c = 1 ] || echo s) | $(median "${res[qps $c farmdns]}") | $(median "${res[qps $c knot]}") | $(ratio "qps $c farmdns" "qps $c knot") | $(median "${res[qps $c farmdns-static]}") | $(median "${res[qps $c farmdns-pool]}") | $(ratio "qps $c farmdns-pool" "qps $c farmdns-static") |"
+  done
+fi
 if [ "$targets50k" = 1 ]; then
-  echo "| 1 core, holding $big targets too | — | — | — | $(median "${res[qps 50k static]}") | $(median "${res[qps 50k pool]}") | $(ratio "qps 50k pool" "qps 50k static") | $(median "${res[qps 50k big-a]}") | $(median "${res[qps 50k big-srv]}") | $(median "${res[qps 50k big-names]}") | $(ratio "qps 50k big-a" "qps 50k static") / $(ratio "qps 50k big-srv" "qps 50k static") / $(ratio "qps 50k big-names" "qps 50k static") |"
+  # dnsperf on one core can be the limit at saturation: the server's CPU
+  # per query says what each answer costs it, and static over it is the
+  # QPS one server core gives that answer against the static one.
+  names=(static pool big-a big-srv big-names)
+  echo
+  echo "| 1 core, farmdns holding $big targets | static name | pool name (20 targets) | $big-target pool: A | its SRV | its target names |"
+  echo "|---|---|---|---|---|---|"
+  echo "| QPS at saturation |$(for n in "${names[@]}"; do printf ' %s |' "$(median "${res[qps 50k $n]}")"; done)"
+  echo "| CPU per query (µs) |$(for n in "${names[@]}"; do printf ' %s |' "$(median "${res[cpu 50k $n]}")"; done)"
+  echo "| QPS per core vs static (static's CPU per query over its) |$(for n in "${names[@]}"; do printf ' %s |' "$(ratio "cpu 50k static" "cpu 50k $n")"; done)"
 fi
 echo
-echo "Saturation: dnsperf runs on the other core (1 core) or shares both with the server (2 cores), so the client is often the limit."
+[ "$saturation" = 1 ] && echo "Saturation: dnsperf runs on the other core (1 core) or shares both with the server (2 cores), so the client is often the limit."
 if [ "$targets50k" = 1 ]; then
   echo "$big targets: one node each (SRV target names <node>.nodes.big.bench.example, queried at random), registered with their loads in ${registered}s; after farmdns started, the last target's name answered at ${names_at}s and /metrics showed all $big healthy with their loads at ${full_at}s."
 fi
