@@ -177,7 +177,15 @@ func TestLeanHealthDecode(t *testing.T) {
 // service changes, so that waiting on it and reading the instances only
 // when its index moves misses nothing.
 func TestWaitForChangeIndex(t *testing.T) {
-	a := consultest.Start(t)
+	// An agent answers a blocking health query from its streaming view by
+	// default; with streaming off, from the servers' blocking RPC.
+	t.Run("streaming", func(t *testing.T) { testWaitForChangeIndex(t, consultest.Start(t)) })
+	t.Run("rpc", func(t *testing.T) {
+		testWaitForChangeIndex(t, consultest.Start(t, consultest.WithConfig("use_streaming_backend = false")))
+	})
+}
+
+func testWaitForChangeIndex(t *testing.T, a *consultest.Agent) {
 	a.Register(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", ID: "a", Port: 80})
 	a.Register(t, consultest.Instance{Node: "n2", NodeAddress: "10.0.0.2", Service: "web", ID: "b", Port: 80})
 	full := func(index uint64) uint64 {
