@@ -90,3 +90,21 @@ func threadCPU(b *testing.B) time.Duration {
 	}
 	return time.Duration(ts.Nano())
 }
+
+// BenchmarkPoolsStatus50k is one PoolsStatus of a pool of 50,000 targets,
+// as farmdns's status sampler takes every 5 s whether or not anyone looks.
+//
+//	go test -run XXX -bench BenchmarkPoolsStatus50k ./dnsserver/
+func BenchmarkPoolsStatus50k(b *testing.B) {
+	ts := make([]health.Target, 50000)
+	for i := range ts {
+		ts[i] = target(fmt.Sprintf("node-%05d", i), fmt.Sprintf("10.%d.%d.1", i/256, i%256), int64(i%500), nil)
+	}
+	h := srvHandler(b, 3, ts)
+	b.ReportAllocs()
+	for b.Loop() {
+		if ps := h.PoolsStatus(time.Now()); len(ps) == 0 || len(ps[0].Targets) != len(ts) {
+			b.Fatalf("%d pools", len(ps))
+		}
+	}
+}

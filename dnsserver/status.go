@@ -68,21 +68,25 @@ func (h *Handler) PoolsStatus(now time.Time) []PoolStatus {
 		for i := range s.outcomes[0].n {
 			ps.Outcomes[policy.Outcome(i).String()] = s.outcome(policy.Outcome(i))
 		}
-		byID := map[string]*health.Target{}
+		// Keyed by a struct, not "node/id", and sized up front: farmdns's
+		// status sampler calls this every 5 s, pools of 50,000 targets included.
+		byID := make(map[targetID]*health.Target, len(latest[s.spec.Service])+len(latest[s.spec.LBService]))
 		for _, svc := range []string{s.spec.Service, s.spec.LBService} {
 			for i, t := range latest[svc] {
-				byID[t.Node+"/"+t.ServiceID] = &latest[svc][i]
+				byID[targetID{t.Node, t.ServiceID}] = &latest[svc][i]
 			}
 		}
 		if p := s.cur.Load(); p != nil {
-			for _, st := range p.Stats(now) {
+			stats := p.Stats(now)
+			ps.Targets = make([]TargetStatus, 0, len(stats))
+			for _, st := range stats {
 				ts := TargetStatus{
 					Node: st.Node, ServiceID: st.ServiceID, LB: st.LB, Shard: st.Shard, Draining: st.Draining,
 					Eligible: st.Eligible, Predicted: st.Predicted, Answers: st.Answers,
 					LastAnswered: timeOrNil(st.LastAnswered), ExposureEnds: timeOrNil(st.ExposureEnds),
 					SlowStartEnds: timeOrNil(st.SlowStartEnds),
 				}
-				if t := byID[st.Node+"/"+st.ServiceID]; t != nil {
+				if t := byID[targetID{st.Node, st.ServiceID}]; t != nil {
 					ts.Address, ts.Port, ts.Health = t.Address.String(), t.Port, t.Health.String()
 					ts.Connections, ts.Capacity = t.Load.Connections, t.Load.Capacity
 					ts.LoadState, ts.LoadSource = t.Load.State.String(), t.Load.Source.String()
@@ -98,11 +102,15 @@ func (h *Handler) PoolsStatus(now time.Time) []PoolStatus {
 	return out
 }
 
+// targetID names a target of a pool.
+type targetID struct{ node, serviceID string }
+
 func timeOrNil(t time.Time) *time.Time {
 	if t.IsZero() {
 		return nil
 	}
-	return &t
+	p := t // a copy, so that only a time actually returned goes to the heap
+	return &p
 }
 
 // statusName is the debug name under each zone: TXT records of the zone's

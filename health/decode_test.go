@@ -170,3 +170,70 @@ func TestLeanHealthDecode(t *testing.T) {
 		t.Errorf("the cases cover only %v", states)
 	}
 }
+
+// TestWaitForChangeIndex: on a real Consul, a /v1/health/service query
+// filtered to nothing (waitForChange) carries the index of the whole
+// service, when it times out with nothing new and when a check of the
+// service changes, so that waiting on it and reading the instances only
+// when its index moves misses nothing.
+func TestWaitForChangeIndex(t *testing.T) {
+	// An agent answers a blocking health query from its streaming view by
+	// default; with streaming off, from the servers' blocking RPC.
+	t.Run("streaming", func(t *testing.T) { testWaitForChangeIndex(t, consultest.Start(t)) })
+	t.Run("rpc", func(t *testing.T) {
+		testWaitForChangeIndex(t, consultest.Start(t, consultest.WithConfig("use_streaming_backend = false")))
+	})
+}
+
+func testWaitForChangeIndex(t *testing.T, a *consultest.Agent) {
+	a.Register(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", ID: "a", Port: 80})
+	a.Register(t, consultest.Instance{Node: "n2", NodeAddress: "10.0.0.2", Service: "web", ID: "b", Port: 80})
+	full := func(index uint64) uint64 {
+		t.Helper()
+		e, meta, err := healthService(a.Client, "web", &api.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Second})
+		if err != nil || len(e) != 2 {
+			t.Fatalf("full read: %d entries, %v", len(e), err)
+		}
+		return meta.LastIndex
+	}
+	// waitOnly runs off the test goroutine too: it returns its error.
+	waitOnly := func(index uint64, wait time.Duration) (uint64, error) {
+		e, meta, err := healthService(a.Client, "web", &api.QueryOptions{WaitIndex: index, WaitTime: wait, Filter: matchNothing})
+		if err == nil && len(e) != 0 {
+			err = fmt.Errorf("%d entries, want none", len(e))
+		}
+		if err != nil {
+			return 0, fmt.Errorf("filtered read: %w", err)
+		}
+		return meta.LastIndex, nil
+	}
+	n := full(0)
+	if got, err := waitOnly(0, 0); err != nil || got != n {
+		t.Fatalf("filtered read at index %d (%v), the full read at %d", got, err, n)
+	}
+	if got, err := waitOnly(n, time.Second); err != nil || got != n {
+		t.Fatalf("a wait on a quiet service returned index %d (%v), want %d (unchanged)", got, err, n)
+	}
+	type result struct {
+		index uint64
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		m, err := waitOnly(n, 30*time.Second)
+		done <- result{m, err}
+	}()
+	time.Sleep(200 * time.Millisecond) // let the wait start; the check is the same if it starts late
+	a.SetCheck(t, "n2", "b", consultest.ServiceCheckID("b"), api.HealthCritical)
+	r := <-done
+	m := r.index
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if m <= n {
+		t.Fatalf("a wait through a check change returned index %d, want > %d", m, n)
+	}
+	if got := full(n); got != m {
+		t.Errorf("the full read after the change is at index %d, the wait saw %d", got, m)
+	}
+}

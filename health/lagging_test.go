@@ -14,13 +14,17 @@ import (
 
 // lagConsul plays a Consul cluster for /v1/health/service/web: stale reads
 // get the scripted answers of whichever server the agent happens to ask
-// (the last one repeats), consistent reads get the leader's answer.
+// (the last one repeats), consistent reads get the leader's answer. The
+// read right after a wait (a filtered query) that saw a new index gets the
+// answer of the server that the wait saw.
 type lagConsul struct {
 	mu         sync.Mutex
 	stale      []reply
 	leader     reply
 	staleN     int
 	consistent int
+	seen       reply
+	followUp   bool
 }
 
 func (c *lagConsul) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -31,19 +35,29 @@ func (c *lagConsul) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
 		return
 	}
+	q := r.URL.Query()
+	waitOnly := q.Get("filter") != ""
 	c.mu.Lock()
 	var rep reply
-	if _, ok := r.URL.Query()["stale"]; ok {
-		rep = c.stale[0]
-		if len(c.stale) > 1 {
-			c.stale = c.stale[1:]
+	if _, ok := q["stale"]; ok {
+		rep = c.seen
+		if waitOnly || !c.followUp {
+			rep = c.stale[0]
+			if len(c.stale) > 1 {
+				c.stale = c.stale[1:]
+			}
 		}
 		c.staleN++
 	} else {
 		rep = c.leader
 		c.consistent++
 	}
+	c.followUp = waitOnly && rep.index != q.Get("index")
+	c.seen = rep
 	c.mu.Unlock()
+	if waitOnly {
+		rep.body = "[]"
+	}
 	if rep.index == "100" && r.URL.Query().Get("index") == "100" {
 		// Nothing new: hold the blocking query a while, as Consul does.
 		time.Sleep(50 * time.Millisecond)

@@ -27,11 +27,16 @@ type reply struct {
 
 // scriptedConsul answers /v1/health/service/web from a script (repeating the
 // last entry) and the KV prefix with an empty 404, recording the index each
-// health request waited on.
+// health request waited on. Each request takes the next entry, except the
+// read the watcher makes right after a wait that saw a new index (see
+// waitForChange): that one gets the entry the wait saw, and is not recorded.
 type scriptedConsul struct {
-	mu     sync.Mutex
-	script []reply
-	waited []string
+	mu       sync.Mutex
+	script   []reply
+	waited   []string
+	seen     reply // the entry the last wait (a filtered query) answered
+	followUp bool  // the next unfiltered read gets seen
+	reads    int   // unfiltered reads: the instances sent
 }
 
 func (s *scriptedConsul) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -42,13 +47,26 @@ func (s *scriptedConsul) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
 		return
 	}
+	q := r.URL.Query()
+	waitOnly := q.Get("filter") != ""
 	s.mu.Lock()
-	s.waited = append(s.waited, r.URL.Query().Get("index"))
-	rep := s.script[0]
-	if len(s.script) > 1 {
-		s.script = s.script[1:]
+	rep := s.seen
+	if !waitOnly {
+		s.reads++
 	}
+	if waitOnly || !s.followUp {
+		s.waited = append(s.waited, q.Get("index"))
+		rep = s.script[0]
+		if len(s.script) > 1 {
+			s.script = s.script[1:]
+		}
+	}
+	s.followUp = waitOnly && rep.status == 0 && rep.index != q.Get("index")
+	s.seen = rep
 	s.mu.Unlock()
+	if waitOnly && rep.status == 0 {
+		rep.body = "[]"
+	}
 	w.Header().Set("X-Consul-Index", rep.index)
 	w.Header().Set("X-Consul-LastContact", "0") // the API client stops parsing headers without it
 	if rep.knownLeader {
@@ -184,4 +202,26 @@ func TestLoopRefusesBadAnswers(t *testing.T) {
 	waitSnapshot(t, w, "an empty answer with a leader empties the pool", func(s *health.Snapshot) bool {
 		return len(s.Pool("web").Targets()) == 0
 	})
+}
+
+// TestLoopWaitsWithoutReading: after the first read, the loop waits on a
+// query that carries the index and no instances, and reads the instances
+// again only when the index moves, not each time a wait times out.
+func TestLoopWaitsWithoutReading(t *testing.T) {
+	t.Parallel()
+	sc, w := startScripted(t, 10*time.Millisecond,
+		reply{index: "100", knownLeader: true, body: oneInstance},
+		reply{index: "100", knownLeader: true, body: oneInstance}, // the wait timed out
+		reply{index: "100", knownLeader: true, body: oneInstance}, // and again
+		reply{index: "101", knownLeader: true, body: "[]"},        // the instance left; repeated
+	)
+	waitSnapshot(t, w, "the instance gone", func(s *health.Snapshot) bool { return len(s.Pool("web").Targets()) == 0 })
+	if got := strings.Join(waitRequests(t, sc, 5), ","); got != ",100,100,100,101" {
+		t.Errorf("waited on indexes %q, want %q", got, ",100,100,100,101")
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.reads != 2 {
+		t.Errorf("the instances were read %d times, want 2: the first read and the one after the index moved", sc.reads)
+	}
 }

@@ -434,14 +434,30 @@ func nextIndex(waited, got uint64) uint64 {
 	}
 }
 
+// errFilteredByACLs refuses an answer filtered by ACLs: a token without
+// read access gets an empty or partial answer, not an error, and taking it
+// would empty the pool.
+var errFilteredByACLs = errors.New("consul filtered the results by ACLs: the token lacks read access (service:read and node:read, or key_prefix read on the load prefix)")
+
 // query runs one blocking query and compares the answer with the previous one.
 func (l *loop) query(ctx context.Context, index uint64) (update, uint64, error) {
 	cfg := &l.w.cfg
-	// Consul adds up to WaitTime/16 of jitter; beyond that plus a margin the
-	// connection is presumed dead.
-	qctx, cancel := context.WithTimeout(ctx, cfg.WaitTime+cfg.WaitTime/16+5*time.Second)
-	defer cancel()
 	stale := cfg.AllowStale == nil || *cfg.AllowStale
+	if l.kind == DataSetService && l.have && index > 0 {
+		meta, err := l.waitForChange(ctx, index, stale)
+		switch {
+		case err != nil:
+			return update{}, 0, l.wrap(consulError(err))
+		case meta.ResultsFilteredByACLs:
+			return update{}, 0, l.wrap(errFilteredByACLs)
+		case meta.LastIndex == index: // the wait timed out: nothing to read
+			return update{set: l.set, at: time.Now(), index: index}, index, nil
+		case meta.LastIndex < index: // went backwards: read it all, without waiting
+			index = 0
+		}
+	}
+	qctx, cancel := l.queryContext(ctx)
+	defer cancel()
 	u, meta, empty, err := l.read(qctx, index, stale)
 	if err == nil && stale && l.have && meta.LastIndex < l.heldIndex && u.changed {
 		// An answer older than the data held comes from a server behind
@@ -456,9 +472,7 @@ func (l *loop) query(ctx context.Context, index uint64) (update, uint64, error) 
 		return update{}, 0, l.wrap(consulError(err))
 	}
 	if meta.ResultsFilteredByACLs {
-		// A token without read access gets an empty or partial answer, not
-		// an error; taking it would empty the pool.
-		return update{}, 0, l.wrap(errors.New("consul filtered the results by ACLs: the token lacks read access (service:read and node:read, or key_prefix read on the load prefix)"))
+		return update{}, 0, l.wrap(errFilteredByACLs)
 	}
 	if empty && !meta.KnownLeader {
 		// A server that lost (or has not yet found) its leader may hold no
@@ -473,6 +487,40 @@ func (l *loop) query(ctx context.Context, index uint64) (update, uint64, error) 
 	l.heldIndex = meta.LastIndex
 	u.at, u.index = time.Now(), meta.LastIndex
 	return u, meta.LastIndex, nil
+}
+
+// queryContext bounds one query: Consul adds up to WaitTime/16 of jitter to
+// the wait; beyond that plus a margin the connection is presumed dead.
+func (l *loop) queryContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, l.w.cfg.WaitTime+l.w.cfg.WaitTime/16+5*time.Second)
+}
+
+// matchNothing is a Consul filter that no instance passes.
+const matchNothing = `Service.ID == "" and Service.ID != ""`
+
+// waitForChange waits, as a blocking query on index, until the service
+// changes or the wait times out, without reading its instances: an answer
+// filtered to nothing carries the index of the whole service
+// (TestWaitForChangeIndex). A quiet service's wait times out every
+// WaitTime, and Consul then sends the whole answer again, unchanged: at
+// 50,000 instances 45 MB of JSON, about a second of CPU to decode each
+// minute (health/MEASURED.md, "Idle"). The instances are read only when
+// the index moves.
+func (l *loop) waitForChange(ctx context.Context, index uint64, stale bool) (*api.QueryMeta, error) {
+	ctx, cancel := l.queryContext(ctx)
+	defer cancel()
+	opts := (&api.QueryOptions{
+		WaitIndex:  index,
+		WaitTime:   l.w.cfg.WaitTime,
+		AllowStale: stale,
+		Filter:     matchNothing,
+	}).WithContext(ctx)
+	start := time.Now()
+	_, meta, err := healthService(l.w.client, l.name, opts)
+	if err == nil {
+		l.cost = readCost(time.Since(start), meta.RequestTime)
+	}
+	return meta, err
 }
 
 // read runs one query and compares its answer with the data held; empty

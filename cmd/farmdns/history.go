@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,7 +46,7 @@ type poolHistory struct {
 	// untracked counts the targets of the latest sample that were too
 	// quiet to be tracked.
 	untracked int
-	targets   map[string]*targetHistory
+	targets   map[targetID]*targetHistory
 }
 
 // targetHistory is one target's connections, in the slots of its pool's
@@ -83,7 +84,7 @@ func (h *history) record(now time.Time, pools []dnsserver.PoolStatus) {
 		seen[p.Name] = true
 		ph := h.pools[p.Name]
 		if ph == nil {
-			ph = &poolHistory{targets: map[string]*targetHistory{}}
+			ph = &poolHistory{targets: map[targetID]*targetHistory{}}
 			h.pools[p.Name] = ph
 		}
 		ph.record(now, p.Targets)
@@ -105,22 +106,13 @@ func (ph *poolHistory) record(now time.Time, ts []dnsserver.TargetStatus) {
 	}
 
 	// The busiest are tracked when there are more than fit.
-	var busiest []dnsserver.TargetStatus
-	for _, t := range ts {
-		if drawable(t) {
-			busiest = append(busiest, t)
-		}
-	}
-	slices.SortFunc(busiest, func(a, b dnsserver.TargetStatus) int {
-		return cmp.Or(cmp.Compare(b.Connections, a.Connections), cmp.Compare(targetKey(a), targetKey(b)))
-	})
-	top := busiest[:min(len(busiest), trackedTargets)]
-	inTop := make(map[string]bool, len(top))
+	top := busiest(ts, trackedTargets)
+	inTop := make(map[targetID]bool, len(top))
 	for _, t := range top {
-		inTop[targetKey(t)] = true
+		inTop[idOf(t)] = true
 	}
 	for _, t := range top {
-		k := targetKey(t)
+		k := idOf(t)
 		th := ph.targets[k]
 		if th == nil {
 			if len(ph.targets) >= trackedTargets {
@@ -135,8 +127,8 @@ func (ph *poolHistory) record(now time.Time, ts []dnsserver.TargetStatus) {
 		th.conns[slot], th.last = float32(t.Connections), ph.seq
 	}
 	ph.untracked = 0
-	for _, t := range busiest[len(top):] {
-		if ph.targets[targetKey(t)] == nil {
+	for _, t := range ts {
+		if drawable(t) && ph.targets[idOf(t)] == nil {
 			ph.untracked++
 		}
 	}
@@ -150,17 +142,38 @@ func (ph *poolHistory) record(now time.Time, ts []dnsserver.TargetStatus) {
 	}
 }
 
+// busiest returns the n busiest drawable targets of ts, busiest first. It
+// keeps the n in order as it goes instead of sorting them all: the sampler
+// takes a pool of 50,000 targets every sampleEvery.
+func busiest(ts []dnsserver.TargetStatus, n int) []dnsserver.TargetStatus {
+	top := make([]dnsserver.TargetStatus, 0, n+1)
+	for _, t := range ts {
+		if !drawable(t) || len(top) == n && busierFirst(t, top[n-1]) > 0 {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(top, t, busierFirst)
+		top = slices.Insert(top, i, t)
+		top = top[:min(len(top), n)]
+	}
+	return top
+}
+
+// busierFirst orders targets by connections, most first, then by name.
+func busierFirst(a, b dnsserver.TargetStatus) int {
+	return cmp.Or(cmp.Compare(b.Connections, a.Connections), strings.Compare(a.Node, b.Node), strings.Compare(a.ServiceID, b.ServiceID))
+}
+
 // evict forgets the tracked target seen longest ago that is not in keep. One
 // always exists when the table is full and a newcomer is in keep, which
 // holds at most trackedTargets.
-func (ph *poolHistory) evict(keep map[string]bool) {
-	var victim string
+func (ph *poolHistory) evict(keep map[targetID]bool) {
+	var victim targetID
 	var last uint64
 	for k, th := range ph.targets {
 		if keep[k] {
 			continue
 		}
-		if victim == "" || th.last < last || th.last == last && k < victim {
+		if victim == (targetID{}) || th.last < last || th.last == last && k.less(victim) {
 			victim, last = k, th.last
 		}
 	}
@@ -174,7 +187,18 @@ func drawable(t dnsserver.TargetStatus) bool {
 	return !t.LB && (t.LoadState == "known" || t.LoadState == "stale")
 }
 
-func targetKey(t dnsserver.TargetStatus) string { return t.Node + "/" + t.ServiceID }
+// targetID names a tracked target. A struct, not "node/id": the sampler
+// looks up every target of the pool, and building a string for each would
+// allocate as many every sample.
+type targetID struct{ node, serviceID string }
+
+func idOf(t dnsserver.TargetStatus) targetID { return targetID{t.Node, t.ServiceID} }
+
+func (k targetID) String() string { return k.node + "/" + k.serviceID }
+
+func (k targetID) less(o targetID) bool {
+	return cmp.Or(strings.Compare(k.node, o.node), strings.Compare(k.serviceID, o.serviceID)) < 0
+}
 
 // balance returns max/mean over the targets that may be answered and whose
 // load is current: the busiest target's utilisation over the pool's (total
@@ -269,7 +293,7 @@ func (h *history) graph(name string, now time.Time) *poolGraph {
 	}
 	g.Start = g.at[0]
 	for k, th := range ph.targets {
-		tg := targetGraph{Target: k, Connections: make(series, n), peak: float32(math.Inf(-1))}
+		tg := targetGraph{Target: k.String(), Connections: make(series, n), peak: float32(math.Inf(-1))}
 		for i := range n {
 			v := th.conns[int((first+uint64(i))%uint64(historySlots))]
 			tg.Connections[i] = v

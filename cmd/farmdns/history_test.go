@@ -110,7 +110,7 @@ func TestHistoryBounded(t *testing.T) {
 	}
 	// The latest sample's busiest are all tracked.
 	for j := targets - trackedTargets; j < targets; j++ {
-		k := fmt.Sprintf("n%d/ws", (j-7*(3*historySlots-1)%targets+targets)%targets)
+		k := targetID{fmt.Sprintf("n%d", (j-7*(3*historySlots-1)%targets+targets)%targets), "ws"}
 		if h.pools["p"].targets[k] == nil {
 			t.Fatalf("%s is among the latest busiest and not tracked", k)
 		}
@@ -300,5 +300,25 @@ func TestHistoryJSON(t *testing.T) {
 		`"targets":[{"target":"n1/ws","connections":[0,30]},{"target":"n2/ws","connections":[0,10]}],"targets_not_drawn":0}`
 	if string(b) != want {
 		t.Errorf("got  %s\nwant %s", b, want)
+	}
+}
+
+// BenchmarkHistoryRecord50k is one sample of a pool of 50,000 targets, as
+// the sampler takes every sampleEvery whether or not anyone looks.
+//
+//	go test -run XXX -bench BenchmarkHistoryRecord50k ./cmd/farmdns/
+func BenchmarkHistoryRecord50k(b *testing.B) {
+	ts := make([]dnsserver.TargetStatus, 50000)
+	for j := range ts {
+		ts[j] = target(j, int64(j*7919%20000))
+	}
+	var h history
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		// The busiest change a little between samples.
+		ts[i%len(ts)].Connections, ts[(i+1)%len(ts)].Connections = 30000, 0
+		h.record(at(i), pool(ts...))
+		i++
 	}
 }
