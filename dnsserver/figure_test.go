@@ -16,21 +16,7 @@ import (
 // (1.03 measured). A short run of the same script, .ci/dnsperf.sh, at that
 // one rate must show at least 0.5.
 func TestFigureCPUPerQueryAgainstKnot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds farmdns and runs dnsperf against Knot")
-	}
-	for _, tool := range []string{"dnsperf", "knotd", "taskset", "dig", "curl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			consultest.Skipf(t, "%s is missing (make test-deps installs it)", tool)
-		}
-	}
-	cmd := exec.Command("bash", "../.ci/dnsperf.sh", "3", "1")
-	cmd.Env = append(os.Environ(), "RATES=50000", "SATURATION=0", "TARGETS50K=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf(".ci/dnsperf.sh: %v\n%s", err, out)
-	}
-	t.Logf("%s", out)
+	out := dnsperfScript(t, "builds farmdns and runs dnsperf against Knot", "3", "1", "RATES=50000", "SATURATION=0", "TARGETS50K=0")
 	m := regexp.MustCompile(`\| at 50000 qps \|[^|]*\|[^|]*\| ([0-9.]+) \|`).FindSubmatch(out)
 	if m == nil {
 		t.Fatalf("no knot/farmdns ratio at 50000 qps in the output")
@@ -50,21 +36,7 @@ func TestFigureCPUPerQueryAgainstKnot(t *testing.T) {
 // gave about 0.6, 0.35 and 0.6). The same script, .ci/dnsperf.sh, with
 // only its 50,000-target part, two short rounds.
 func TestFigure50kTargets(t *testing.T) {
-	if testing.Short() {
-		t.Skip("registers 50,000 instances in Consul and runs dnsperf")
-	}
-	for _, tool := range []string{"dnsperf", "knotd", "taskset", "dig", "curl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			consultest.Skipf(t, "%s is missing (make test-deps installs it)", tool)
-		}
-	}
-	cmd := exec.Command("bash", "../.ci/dnsperf.sh", "2", "2")
-	cmd.Env = append(os.Environ(), "RATES=", "SATURATION=0", "TARGETS50K=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf(".ci/dnsperf.sh: %v\n%s", err, out)
-	}
-	t.Logf("%s", out)
+	out := dnsperfScript(t, "registers 50,000 instances in Consul and runs dnsperf", "2", "2", "RATES=", "SATURATION=0", "TARGETS50K=1")
 	m := regexp.MustCompile(`with their loads at ([0-9.]+)s`).FindSubmatch(out)
 	if m == nil {
 		t.Fatalf("no fill time in the output")
@@ -84,4 +56,27 @@ func TestFigure50kTargets(t *testing.T) {
 			t.Errorf("50,000 targets: %s at %.2f of the static name's QPS per core; bound %.2f", c.name, r, c.bound)
 		}
 	}
+}
+
+// dnsperfScript runs .ci/dnsperf.sh with its seconds per run and rounds,
+// and env added to the environment, and returns its output. why says what
+// -short skips.
+func dnsperfScript(t *testing.T, why, secs, rounds string, env ...string) []byte {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(why)
+	}
+	for _, tool := range []string{"dnsperf", "knotd", "taskset", "dig", "curl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			consultest.Skipf(t, "%s is missing (make test-deps installs it)", tool)
+		}
+	}
+	cmd := exec.Command("bash", "../.ci/dnsperf.sh", secs, rounds)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf(".ci/dnsperf.sh: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+	return out
 }
