@@ -31,7 +31,12 @@ func TestStateFileColdStart(t *testing.T) {
 	cfg := health.WatcherConfig{Services: []health.ServiceConfig{{Name: "web"}}, StateFile: file}
 
 	first, stopFirst := runWatcher(t, a.Client, cfg, nil)
-	waitSnapshot(t, first, "two targets", func(s *health.Snapshot) bool { return len(s.Pool("web").Targets()) == 2 })
+	// The instances and the loads come in separate reads: wait for both,
+	// or the file may be saved (on stop) without the report.
+	waitSnapshot(t, first, "two targets, web-1 with its report", func(s *health.Snapshot) bool {
+		tg := target(s, "web", "web-1")
+		return len(s.Pool("web").Targets()) == 2 && tg != nil && tg.Load.Connections == 7
+	})
 	waitFor(t, "the state file saved", func() bool { return !first.StateFile().LastSave.IsZero() })
 	if ws := first.Status(); ws.ServingSaved() {
 		t.Error("a watcher that started without a file says it serves saved data")
