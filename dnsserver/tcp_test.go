@@ -291,7 +291,7 @@ func readTCPErr(c net.Conn) (*dns.Msg, error) {
 // the longest is closed to make room, so clients that open connections and
 // sit on them cannot lock everyone else out.
 func TestTCPEvictsLongestIdle(t *testing.T) {
-	_, addr := startTCP(t, time.Minute, 2)
+	srv, addr := startTCP(t, time.Minute, 2)
 	// Two clients in different /24 networks fill the two slots.
 	old := dialFrom(t, "127.0.1.1", addr)
 	writeTCP(t, old, query("example.org.", dns.TypeA))
@@ -299,8 +299,10 @@ func TestTCPEvictsLongestIdle(t *testing.T) {
 	recent := dialFrom(t, "127.0.2.1", addr)
 	writeTCP(t, recent, query("example.org.", dns.TypeA))
 	readTCP(t, recent)
+	waitAllWaiting(t, srv) // recent's idle time starts before old's next query
 	writeTCP(t, old, query("example.org.", dns.TypeA))
-	readTCP(t, old) // now recent has been idle the longest
+	readTCP(t, old)
+	waitAllWaiting(t, srv) // now recent has been idle the longest
 	// A third is served, and recent makes room for it.
 	extra := dialFrom(t, "127.0.3.1", addr)
 	writeTCP(t, extra, query("example.org.", dns.TypeA))
@@ -356,6 +358,7 @@ func TestSetTCPLimitsWhileServing(t *testing.T) {
 		readTCP(t, c)
 		open = append(open, c)
 	}
+	waitAllWaiting(t, srv) // see TestTCPPerPrefixShare
 	srv.SetTCPLimits(time.Minute, 1)
 	c := dialFrom(t, "127.0.3.1", addr)
 	writeTCP(t, c, query("example.org.", dns.TypeA))
