@@ -104,17 +104,5 @@ func (catalogCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c catalogCollector) Collect(ch chan<- prometheus.Metric) {
-	st := c.w.Status()
-	for _, d := range st.DataSets {
-		name := string(d.Kind) + ":" + d.Name
-		if !d.LastSuccess.IsZero() {
-			ch <- prometheus.MustNewConstMetric(lastSyncDesc, prometheus.GaugeValue, float64(d.LastSuccess.UnixNano())/1e9, name)
-		}
-		ch <- prometheus.MustNewConstMetric(syncErrorsDesc, prometheus.CounterValue, float64(d.Errors), name)
-	}
-	ready := 0.0
-	if ok, _ := st.Ready(time.Now()); ok {
-		ready = 1
-	}
-	ch <- prometheus.MustNewConstMetric(catalogReadyDesc, prometheus.GaugeValue, ready)
+	collectSync(ch, c.w.Status(), catalogReadyDesc)
 }

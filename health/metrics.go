@@ -47,8 +47,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	c.w.reportLag.Describe(ch)
 }
 
-func (c collector) Collect(ch chan<- prometheus.Metric) {
-	st := c.w.Status()
+// collectSync sends a watcher's per-data-set sync metrics and its
+// readiness, as ready: the service watcher's and the catalog watcher's.
+func collectSync(ch chan<- prometheus.Metric, st *Status, ready *prometheus.Desc) {
 	for _, d := range st.DataSets {
 		name := string(d.Kind) + ":" + d.Name
 		if !d.LastSuccess.IsZero() {
@@ -56,11 +57,16 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(syncErrorsDesc, prometheus.CounterValue, float64(d.Errors), name)
 	}
-	ready := 0.0
+	v := 0.0
 	if ok, _ := st.Ready(time.Now()); ok {
-		ready = 1
+		v = 1
 	}
-	ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, ready)
+	ch <- prometheus.MustNewConstMetric(ready, prometheus.GaugeValue, v)
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.w.Status()
+	collectSync(ch, st, readyDesc)
 	ch <- prometheus.MustNewConstMetric(malformedDesc, prometheus.CounterValue, float64(st.MalformedTotal+st.InvalidAddressTotal))
 	ch <- prometheus.MustNewConstMetric(snapshotsDesc, prometheus.CounterValue, float64(st.Publishes))
 	restored := 0.0
